@@ -1,0 +1,159 @@
+"""``reprlab train | data | methods | bench``: the command line.
+
+Every user mistake ends as one line ``reprlab: error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reprlab.platform.errors import ReprlabError
+
+DEFAULT_PRESET = "margin/glyphs"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help=f"YAML file or preset name (default: {DEFAULT_PRESET})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set method.beta=0.6 (repeatable)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from reprlab.platform.config import load_config
+    from reprlab.platform.runner import run_training
+
+    output = Path(args.output)
+    source = args.config
+    if source is None:
+        stored = output / "config.yaml"
+        source = stored if args.resume and stored.is_file() else DEFAULT_PRESET
+    cfg = load_config(source, args.overrides)
+    print(f"[reprlab] {cfg.method.name} on {cfg.data.name}: {cfg.train.epochs} epochs, "
+          f"{cfg.scaling.num_workers} worker(s), output {output}", flush=True)
+    run_training(cfg, output, resume=args.resume)
+    print(f"[reprlab] wrote {output / 'summary.json'} and {output / 'metrics.parquet'}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from reprlab.platform.config import load_config
+
+    cfg = load_config(args.config or DEFAULT_PRESET, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from reprlab.platform.config import load_config
+    from reprlab.platform.data import data_root, glyphs_config, load_benchmark
+
+    overrides = [f"data.name={args.name}"] + ([f"data.root={args.root}"] if args.root else [])
+    cfg = load_config(None, overrides).data
+    if args.action == "download":
+        from reprlab.platform.data.download import download_dataset
+
+        print(download_dataset(cfg.name, data_root(cfg)))
+        return 0
+    if cfg.name == "glyphs":
+        from reprlab.platform.data.glyphs import build_glyphs, glyphs_info
+
+        if args.action == "build":
+            print(build_glyphs(data_root(cfg), glyphs_config(cfg), force=args.force))
+        info = glyphs_info(data_root(cfg), glyphs_config(cfg))
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    bench = load_benchmark(cfg)
+    splits = {"train": bench.train, "test": bench.test, "query": bench.query, "gallery": bench.gallery}
+    info = {
+        split: {"images": len(s), "classes": len(s.classes())} for split, s in splits.items() if s is not None
+    }
+    print(json.dumps({"name": cfg.name, "root": str(data_root(cfg)), **info}, indent=2))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from reprlab.platform.method import METHODS
+
+    for name, cls in METHODS.items():
+        print(f"{name:<16} {cls.description}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "eval":
+        from reprlab.platform.bench.eval_bench import bench_eval, format_eval_bench
+
+        result = bench_eval(n=args.n, dim=args.dim, classes=args.classes, seed=args.seed)
+        print(format_eval_bench(result))
+    else:
+        from reprlab.platform.bench.loss_bench import bench_loss, format_loss_bench
+
+        result = bench_loss(batch=args.batch, dim=args.dim, classes_per_batch=args.classes_per_batch,
+                            repeats=args.repeats, seed=args.seed)
+        print(format_loss_bench(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reprlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one experiment on Ray Train")
+    _add_config_args(p)
+    p.add_argument("--output", default="runs/latest", help="run directory (default: runs/latest)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config (after presets and --set)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("data", help="build, describe or download a data set")
+    p.add_argument("action", choices=["build", "info", "download"])
+    p.add_argument("name", help="glyphs | cub | cars | sop | inshop | vehicleid")
+    p.add_argument("--root", help="data directory (glyphs: cache directory)")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached (glyphs)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("bench", help="benchmarks, side by side with pytorch-metric-learning")
+    bsub = p.add_subparsers(dest="what", required=True)
+    b = bsub.add_parser("eval", help="evaluation time of N x D embeddings vs PML's AccuracyCalculator")
+    b.add_argument("--n", type=int, default=60502)
+    b.add_argument("--dim", type=int, default=128)
+    b.add_argument("--classes", type=int, default=11316)
+    b = bsub.add_parser("loss", help="margin loss + distance-weighted mining step vs PML")
+    b.add_argument("--batch", type=int, default=112)
+    b.add_argument("--dim", type=int, default=128)
+    b.add_argument("--classes-per-batch", type=int, default=28)
+    b.add_argument("--repeats", type=int, default=200)
+    for b in bsub.choices.values():
+        b.add_argument("--seed", type=int, default=0)
+        b.add_argument("--json", help="also write the result as JSON to this file")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ReprlabError as exc:
+        print(f"reprlab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("reprlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Gymnasium environments around learners (the PADS sampling teacher lands here)."""

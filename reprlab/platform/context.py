@@ -1,0 +1,150 @@
+"""What the platform hands a method: device, rank, data, config, and data-parallel helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from reprlab.platform.config import ExperimentConfig
+from reprlab.platform.data import DataBundle, EvalSplit
+from reprlab.platform.data.pipeline import ArrayImages, make_dataset, make_loader, sequential_batches
+from reprlab.platform.data.sampler import ClassBalancedSampler
+from reprlab.platform.data.types import ImageSet
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@dataclass
+class Context:
+    cfg: ExperimentConfig
+    data: DataBundle
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    run_dir: Path | None = None
+    _datasets: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---- networks ----------------------------------------------------------------------------
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Move to the device; wrap in DDP when several workers train and it has trainable weights."""
+        module = module.to(self.device)
+        if _distributed() and any(p.requires_grad for p in module.parameters()):
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate a per-rank batch over all ranks, keeping gradients to the local part.
+
+        Every rank then computes the same loss on the global batch; the backward pass sums the
+        gradients of all ranks for each rank's slice, so DDP's average is the global gradient.
+        """
+        if not _distributed():
+            return tensor
+        if not tensor.requires_grad:
+            out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            dist.all_gather(out, tensor.contiguous())
+            return torch.cat(out)
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor))
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank."""
+        if not _distributed():
+            return flag
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not _distributed():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def seed(self, *parts: int) -> int:
+        """A seed derived from the experiment seed and ``parts`` (e.g. epoch, rank)."""
+        return int(np.random.SeedSequence([self.cfg.experiment.seed, *parts]).generate_state(1)[0])
+
+    # ---- data --------------------------------------------------------------------------------
+    def iterations_per_epoch(self) -> int:
+        d = self.cfg.data
+        return d.iterations_per_epoch or max(1, len(self.data.train) // d.batch_size)
+
+    def class_balanced_sampler(self, targets: np.ndarray | None = None, iterations: int | None = None):
+        d = self.cfg.data
+        return ClassBalancedSampler(
+            self.data.targets if targets is None else targets,
+            d.classes_per_batch,
+            d.samples_per_class,
+            iterations or self.iterations_per_epoch(),
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.cfg.experiment.seed,
+        )
+
+    def _dataset(self, images: ImageSet, augment: bool):
+        key = (id(images), augment)
+        if key not in self._datasets:
+            self._datasets[key] = make_dataset(images, self.cfg.data.image_size, augment)
+        return self._datasets[key]
+
+    def train_batches(self, index_batches: np.ndarray, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, targets) on the device for each row of ``index_batches`` into the train set."""
+        ds = self._dataset(self.data.train, self.cfg.data.augment)
+        if isinstance(ds, ArrayImages):
+            ds.reseed(self.seed(epoch, self.rank, 0xA06))
+        loader = make_loader(ds, index_batches, self.cfg.data.loader_workers, self.device.type == "cuda")
+        targets = torch.from_numpy(self.data.targets)
+        for x, idx in loader:
+            yield x.to(self.device, non_blocking=True), targets[idx].to(self.device, non_blocking=True)
+
+    # ---- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, fn: Callable[[torch.Tensor], torch.Tensor], images: ImageSet) -> np.ndarray:
+        """``fn`` over all of ``images``: each rank embeds a contiguous shard, then all gather."""
+        ds = self._dataset(images, augment=False)
+        batches = sequential_batches(len(images), self.cfg.eval.batch_size, self.rank, self.world_size)
+        loader = make_loader(ds, batches, self.cfg.data.loader_workers, self.device.type == "cuda")
+        parts = [fn(x.to(self.device)).float().cpu() for x, _ in loader]
+        local = torch.cat(parts) if parts else torch.empty(0)
+        if _distributed():
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, local.numpy())
+            return np.concatenate([g for g in gathered if g.size])
+        return local.numpy()
+
+    def evaluate_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor], split: str) -> dict[str, float]:
+        """Retrieval and clustering metrics of ``fn``'s embeddings on an evaluation split."""
+        from reprlab.platform.evaluation import compute_metrics
+
+        es: EvalSplit = self.data.eval_splits[split]
+        q = self.embed(fn, es.query)
+        g = self.embed(fn, es.gallery) if es.gallery is not None else None
+        metrics = None
+        if self.is_main:
+            metrics = compute_metrics(
+                q,
+                es.query.labels,
+                g,
+                None if es.gallery is None else es.gallery.labels,
+                kmeans_niter=self.cfg.eval.kmeans_niter,
+                seed=self.cfg.experiment.seed,
+                use_gpu=None if self.device.type == "cuda" else False,
+            )
+        return self.broadcast(metrics)

@@ -1,0 +1,93 @@
+"""Data sets in their protocols, validation carved out of training, and what training consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reprlab.platform.config import DataSection
+from reprlab.platform.data.splits import check_min_images, holdout_split, kfold_split
+from reprlab.platform.data.types import Benchmark, ImageSet
+from reprlab.platform.errors import DataError
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """Query = gallery (self excluded) when ``gallery`` is None, else retrieval into ``gallery``."""
+
+    query: ImageSet
+    gallery: ImageSet | None = None
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """What a run trains and evaluates on. ``targets`` are the training labels mapped to 0..C-1."""
+
+    name: str
+    train: ImageSet
+    targets: np.ndarray
+    class_ids: np.ndarray
+    eval_splits: dict[str, EvalSplit]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+
+def glyphs_config(cfg: DataSection):
+    from reprlab.platform.data.glyphs import GlyphsConfig
+
+    g = cfg.glyphs
+    return GlyphsConfig(
+        seed=g.seed, size=g.size, renders_per_face=g.renders_per_face, extra_font_dirs=tuple(g.extra_font_dirs)
+    )
+
+
+def data_root(cfg: DataSection) -> Path:
+    if cfg.root:
+        return Path(cfg.root).expanduser().resolve()
+    if cfg.name == "glyphs":
+        from reprlab.platform.data.glyphs import default_cache_dir
+
+        return default_cache_dir()
+    raise DataError(f"data: data.root is required for {cfg.name} (the directory holding its archive layout)")
+
+
+def load_benchmark(cfg: DataSection) -> Benchmark:
+    """Read (and for glyphs build or reuse) the data set named in ``cfg``."""
+    root = data_root(cfg)
+    if cfg.name == "glyphs":
+        from reprlab.platform.data.glyphs import load_glyphs
+
+        return load_glyphs(root, glyphs_config(cfg))
+    from reprlab.platform.data.readers import READERS
+
+    if cfg.name == "vehicleid":
+        return READERS[cfg.name](root, test_size=cfg.vehicleid_test_size)
+    return READERS[cfg.name](root)
+
+
+def make_bundle(bench: Benchmark, cfg: DataSection, seed: int) -> DataBundle:
+    """Apply the validation protocol and check the training split."""
+    train = bench.train
+    check_min_images(train.labels, "train")
+    val = cfg.validation
+    splits: dict[str, EvalSplit] = {}
+    if val.protocol == "holdout":
+        tr, va = holdout_split(train.labels, val.fraction, seed)
+    elif val.protocol == "kfold":
+        tr, va = kfold_split(train.labels, val.folds, val.fold, seed)
+    else:
+        tr, va = np.arange(len(train)), np.array([], dtype=np.int64)
+    if len(va):
+        splits["val"] = EvalSplit(train.subset(va))
+        train = train.subset(tr)
+    splits["test"] = EvalSplit(bench.query, bench.gallery) if bench.has_query_gallery else EvalSplit(bench.test)
+    class_ids, targets = np.unique(train.labels, return_inverse=True)
+    return DataBundle(bench.name, train, targets.astype(np.int64), class_ids, splits)
+
+
+def load_bundle(cfg: DataSection, seed: int) -> DataBundle:
+    return make_bundle(load_benchmark(cfg), cfg, seed)

@@ -1,0 +1,53 @@
+"""Validation protocols over the training classes, and the per-class image-count check."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reprlab.platform.errors import DataError
+
+
+def check_min_images(labels: np.ndarray, split: str, minimum: int = 2) -> None:
+    """Every class of a training split needs ``minimum`` images to form positive pairs."""
+    classes, counts = np.unique(labels, return_counts=True)
+    small = classes[counts < minimum]
+    if len(small):
+        n = counts[counts < minimum][0]
+        more = f" (and {len(small) - 1} more such classes)" if len(small) > 1 else ""
+        raise DataError(
+            f"data: class {small[0]} in the {split} split has {n} image(s); every {split} class needs "
+            f"at least {minimum}{more}"
+        )
+
+
+def _rank_within_class(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random rank 0..n_c-1 for each sample among the samples of its class."""
+    order = np.lexsort((rng.random(len(labels)), labels))
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    first = np.repeat(starts, np.diff(np.r_[starts, len(labels)]))
+    ranks = np.empty(len(labels), dtype=np.int64)
+    ranks[order] = np.arange(len(labels)) - first
+    return ranks
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class hold-out: about ``fraction`` of each class's images validate; at least two stay in
+    training, and every class with three or more images gives at least one to validation."""
+    rng = np.random.default_rng([seed, 0xA11])
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n_val = np.clip(np.round(counts * fraction).astype(np.int64), 1, None)
+    n_val = np.minimum(n_val, counts - 2).clip(0)
+    is_val = _rank_within_class(labels, rng) < n_val[inverse]
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def kfold_split(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-disjoint k-fold (Musgrave et al. 2020): the classes of fold ``fold`` validate."""
+    classes = np.unique(labels)
+    if len(classes) < folds:
+        raise DataError(f"data: {len(classes)} training classes cannot make {folds} class-disjoint folds")
+    perm = np.random.default_rng([seed, 0xF01D]).permutation(classes)
+    val_classes = np.array_split(perm, folds)[fold]
+    is_val = np.isin(labels, val_classes)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -1,0 +1,111 @@
+"""The method contract: what a method gives the platform, and the registry methods join.
+
+A method receives a :class:`~reprlab.platform.context.Context` (device, rank, world size, data,
+config) and provides what it trains, what batches it wants, ``train_step``, boundary hooks,
+``evaluate`` and its whole state. The platform owns the loop, DDP, checkpoints, reports and errors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from reprlab.platform.config import MethodConfig
+from reprlab.platform.registry import Registry
+
+if TYPE_CHECKING:
+    from reprlab.platform.context import Context
+
+METHODS: Registry[type[Method]] = Registry("method", plugins="reprlab.methods")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method selectable as ``method.name: <cls.name>``."""
+    return METHODS.register(cls.name)(cls)
+
+
+def _unwrap(obj: Any) -> Any:
+    return obj.module if isinstance(obj, nn.parallel.DistributedDataParallel) else obj
+
+
+class Method(ABC):
+    """Base of every method. Subclasses set ``name``, ``description`` and ``Config``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg.method
+
+    # ---- what it trains and on what -------------------------------------------------------
+    @abstractmethod
+    def build(self) -> None:
+        """Create networks (through ``ctx.prepare``), criteria, optimizers and schedulers."""
+
+    @abstractmethod
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """The batches of one epoch for this rank, on the right device."""
+
+    @abstractmethod
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimization step; returns scalar logs (``loss`` must be among them)."""
+
+    # ---- hooks for controllers (re-clustering, a teacher's action, schedules) --------------
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    def on_epoch_end(self, epoch: int) -> None:  # noqa: B027
+        pass
+
+    def on_iteration_end(self, iteration: int) -> None:  # noqa: B027
+        pass
+
+    @abstractmethod
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Flat metrics on an evaluation split (``val`` or ``test``); same on every rank."""
+
+    def images_per_step(self) -> int:
+        """Images one step consumes on this rank (throughput telemetry)."""
+        return 0
+
+    # ---- state ---------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """State beyond the attributes collected automatically (e.g. cluster assignments)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every module, optimizer, scheduler and generator attribute, plus ``extra_state()``."""
+        state: dict[str, Any] = {}
+        for key, obj in vars(self).items():
+            obj = _unwrap(obj)
+            if isinstance(obj, (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
+                state[key] = obj.state_dict()
+            elif isinstance(obj, torch.Generator):
+                state[key] = obj.get_state()
+            elif isinstance(obj, np.random.Generator):
+                state[key] = obj.bit_generator.state
+        return {"attributes": state, "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        attrs = state["attributes"]
+        for key, obj in vars(self).items():
+            if key not in attrs:
+                continue
+            obj = _unwrap(obj)
+            if isinstance(obj, torch.Generator):
+                obj.set_state(attrs[key])
+            elif isinstance(obj, np.random.Generator):
+                obj.bit_generator.state = attrs[key]
+            else:
+                obj.load_state_dict(attrs[key])
+        self.load_extra_state(state.get("extra", {}))

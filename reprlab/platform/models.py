@@ -1,0 +1,135 @@
+"""Backbones (ResNet-18/50 with frozen BatchNorm, a small CNN for CPU work) and embedding heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reprlab.platform.config import ModelSection
+from reprlab.platform.errors import CheckpointError, ConfigError
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Mark every BatchNorm frozen: eval mode (kept by EmbeddingNet.train) and no gradients."""
+    for bn in module.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.frozen = True
+            bn.eval()
+            for p in bn.parameters():
+                p.requires_grad_(False)
+    return module
+
+
+def keep_frozen_batchnorm_in_eval(module: nn.Module) -> None:
+    for bn in module.modules():
+        if getattr(bn, "frozen", False):
+            bn.eval()
+
+
+class SmallCNN(nn.Module):
+    """Four conv stages (stride 2 from the second on) and global average pooling."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, width * 2, width * 4, width * 8]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.out_dim = chans[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet up to global average pooling (the 512/2048-d penultimate feature)."""
+
+    def __init__(self, arch: str, weights: str) -> None:
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None)
+        if weights == "imagenet":
+            net.load_state_dict(_imagenet_state(arch))
+        elif weights != "none":
+            net.load_state_dict(_local_state(Path(weights)))
+        self.out_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _imagenet_state(arch: str) -> dict:
+    import torchvision
+
+    enum = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}[arch]
+    try:
+        return enum.IMAGENET1K_V1.get_state_dict(progress=True)
+    except Exception as exc:  # offline, proxy, disk: say what to do instead
+        raise CheckpointError(
+            f"model.pretrained: could not download ImageNet weights for {arch} ({type(exc).__name__}); "
+            "pass a local weights file: --set model.pretrained=/path/to/weights.pth"
+        ) from None
+
+
+def _local_state(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config: model.pretrained: {path}: no such file (use none, imagenet or a path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"model.pretrained: cannot read weights {path}: {exc}") from None
+    state = state.get("state_dict", state)
+    return {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")} | {
+        k: v for k, v in state.items() if k.startswith("fc.")
+    }
+
+
+def build_backbone(cfg: ModelSection) -> nn.Module:
+    if cfg.backbone == "small_cnn":
+        if cfg.pretrained != "none":
+            raise ConfigError("config: model.pretrained: small_cnn has no pretrained weights; use none")
+        trunk: nn.Module = SmallCNN(cfg.width)
+    else:
+        trunk = ResNetTrunk(cfg.backbone, cfg.pretrained)
+    freeze = cfg.freeze_bn if cfg.freeze_bn is not None else cfg.backbone != "small_cnn"
+    return freeze_batchnorm(trunk) if freeze else trunk
+
+
+class EmbeddingHead(nn.Module):
+    """Linear projection followed by L2 normalization."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.fc(features), dim=-1)
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone plus named heads; ``forward`` returns ``{"features": ..., head: embedding, ...}``."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+
+    def train(self, mode: bool = True) -> EmbeddingNet:
+        super().train(mode)
+        keep_frozen_batchnorm_in_eval(self)
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        return {"features": feats, **{name: head(feats) for name, head in self.heads.items()}}

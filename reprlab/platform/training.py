@@ -1,0 +1,194 @@
+"""The training loop every Ray Train worker runs, and where its checkpoints live.
+
+Epoch 0 evaluates the untrained network; epochs 1..E train. After every epoch: validation and
+test metrics, a row in ``metrics.parquet`` (rank 0), a checkpoint with the method's whole state
+and the metrics history, and a ``ray.train.report`` (a barrier on every rank).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reprlab.platform.config import ExperimentConfig, parse_config
+from reprlab.platform.context import Context
+from reprlab.platform.data import load_bundle
+from reprlab.platform.errors import CheckpointError, NonFiniteLossError
+from reprlab.platform.method import METHODS
+from reprlab.platform.results import write_metrics_table
+
+STATE_FILE = "state.pt"
+
+
+class CheckpointStore:
+    """Checkpoints under Ray Train (persisted by Ray, restored through ``get_checkpoint``) or,
+    in-process (``num_workers=0``, where Ray keeps checkpoints only in memory), in
+    ``RUN_DIR/checkpoints/epoch_NNNN``."""
+
+    def __init__(self, run_dir: Path, in_process: bool, keep: int, rank: int) -> None:
+        self.local_dir = run_dir / "checkpoints"
+        self.in_process, self.keep, self.rank = in_process, keep, rank
+
+    def latest(self) -> dict[str, Any] | None:
+        import ray.train
+
+        if not self.in_process:
+            ckpt = ray.train.get_checkpoint()
+            if ckpt is None:
+                return None
+            with ckpt.as_directory() as d:
+                return _load_state(Path(d) / STATE_FILE)
+        done = sorted(self.local_dir.glob("epoch_*/" + STATE_FILE)) if self.local_dir.is_dir() else []
+        return _load_state(done[-1]) if done else None
+
+    def save_and_report(self, state: dict[str, Any], metrics: dict[str, float]) -> None:
+        import ray.train
+
+        if self.in_process:
+            if self.rank == 0:
+                self._save_local(state)
+            ray.train.report(metrics)
+            return
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="reprlab-ckpt-"))
+        try:
+            torch.save(state, tmp / STATE_FILE)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                checkpoint_dir_name=f"epoch_{state['epoch']:04d}",
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _save_local(self, state: dict[str, Any]) -> None:
+        final = self.local_dir / f"epoch_{state['epoch']:04d}"
+        tmp = self.local_dir / f".tmp_epoch_{state['epoch']:04d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(state, tmp / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(self.local_dir.glob("epoch_*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _worker_identity(cfg: ExperimentConfig) -> tuple[int, int, torch.device]:
+    import ray.train
+
+    if cfg.scaling.num_workers == 0:
+        return 0, 1, torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
+    tc = ray.train.get_context()
+    if cfg.scaling.use_gpu:
+        from ray.train.torch import get_device
+
+        return tc.get_world_rank(), tc.get_world_size(), get_device()
+    return tc.get_world_rank(), tc.get_world_size(), torch.device("cpu")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm(total=total, desc=desc)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point of every training worker (``train_loop_per_worker`` of the TorchTrainer)."""
+    cfg = parse_config(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    rank, world, device = _worker_identity(cfg)
+    torch.manual_seed(cfg.experiment.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+
+    ctx = Context(cfg, load_bundle(cfg.data, cfg.experiment.seed), device, rank, world, run_dir)
+    method = METHODS.get(cfg.method.name)(ctx)
+    method.build()
+    store = CheckpointStore(run_dir, cfg.scaling.num_workers == 0, cfg.checkpoint.keep, rank)
+
+    history: list[dict[str, float]] = []
+    start = 0
+    state = store.latest()
+    if state is not None:
+        method.load_state_dict(state["method"])
+        history, start = state["history"], state["epoch"] + 1
+        if rank == 0:
+            print(f"[reprlab] resumed from the checkpoint of epoch {state['epoch']}", flush=True)
+
+    for epoch in range(start, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        train_logs = _train_epoch(method, ctx, epoch) if epoch > 0 else {}
+        iterations = int(train_logs.pop("_iterations", 0))
+        t_train = time.perf_counter() - t0
+        evals = {f"{s}/{k}": float(v) for s in ctx.data.eval_splits for k, v in method.evaluate(s).items()}
+        row = {
+            "epoch": float(epoch),
+            **{f"train/{k}": v for k, v in train_logs.items()},
+            **evals,
+            "time/train_s": t_train,
+            "time/eval_s": time.perf_counter() - t0 - t_train,
+            "throughput/images_per_s": (iterations * method.images_per_step() * world / t_train) if epoch else 0.0,
+        }
+        history.append(row)
+        if rank == 0:
+            write_metrics_table(run_dir / "metrics.parquet", history)
+            print(_epoch_line(row, cfg), flush=True)
+        store.save_and_report(
+            {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}, row
+        )
+
+
+def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
+    method.on_epoch_start(epoch)
+    sums: dict[str, float] = defaultdict(float)
+    total = ctx.iterations_per_epoch()
+    bar = _progress(total, f"epoch {epoch}/{ctx.cfg.train.epochs}", ctx.is_main)
+    n = 0
+    for n, batch in enumerate(method.batches(epoch), start=1):
+        logs = method.train_step(batch)
+        loss = logs["loss"]
+        if ctx.any_rank(not math.isfinite(loss)):
+            raise NonFiniteLossError(
+                f"training: the loss became {loss} at epoch {epoch}, iteration {n}; "
+                f"checkpoints and metrics up to epoch {epoch - 1} are kept in {ctx.run_dir}"
+            )
+        for k, v in logs.items():
+            sums[k] += float(v)
+        method.on_iteration_end((epoch - 1) * total + n)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    method.on_epoch_end(epoch)
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "_iterations": n}
+
+
+def _epoch_line(row: dict[str, float], cfg: ExperimentConfig) -> str:
+    parts = [f"epoch {int(row['epoch'])}/{cfg.train.epochs}"]
+    if "train/loss" in row:
+        parts.append(f"loss {row['train/loss']:.4f}")
+    for split in ("val", "test"):
+        if f"{split}/recall@1" in row:
+            parts.append(f"{split} R@1 {100 * row[f'{split}/recall@1']:.1f} MAP@R {100 * row[f'{split}/map@r']:.1f}")
+    if row["throughput/images_per_s"]:
+        parts.append(f"{row['throughput/images_per_s']:.0f} img/s")
+    return "[reprlab] " + " | ".join(parts)

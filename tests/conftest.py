@@ -1,0 +1,56 @@
+"""Shared fixtures: one Ray instance per test session, a tiny glyphs cache, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+TINY = [
+    "data.image_size=16",
+    "data.glyphs.size=16",
+    "data.glyphs.renders_per_face=1",
+    "data.classes_per_batch=16",
+    "data.samples_per_class=2",
+    "data.iterations_per_epoch=4",
+    "model.width=8",
+    "model.embed_dim=16",
+    "optim.lr=0.003",
+    "optim.milestones=[]",
+    "train.epochs=2",
+    "eval.kmeans_niter=5",
+]
+
+
+@pytest.fixture(scope="session")
+def glyphs_root(tmp_path_factory) -> Path:
+    """A glyphs cache built once per session with the tiny settings."""
+    from reprlab.platform.config import load_config
+    from reprlab.platform.data import load_benchmark
+
+    root = tmp_path_factory.mktemp("glyphs")
+    cfg = load_config(None, TINY + [f"data.root={root}"])
+    load_benchmark(cfg.data)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny(glyphs_root) -> list[str]:
+    """Overrides for a seconds-long glyphs run."""
+    return TINY + [f"data.root={glyphs_root}"]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=int(2e8),
+                 log_to_driver=True)
+    yield ray
+    ray.shutdown()

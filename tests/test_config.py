@@ -1,0 +1,70 @@
+import pytest
+
+from reprlab.cli import main
+from reprlab.platform.config import apply_overrides, load_config, parse_config, preset_names
+from reprlab.platform.errors import ConfigError
+
+
+def test_presets_parse():
+    names = preset_names()
+    assert {"margin/glyphs", "margin/cub", "margin/cars", "margin/sop"} <= set(names)
+    for name in names:
+        load_config(name)
+    cub = load_config("margin/cub")
+    assert cub.model.backbone == "resnet50" and cub.data.batch_size == 112 and cub.optim.lr == 1e-5
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("margin/glyphs", ["method.beta=0.6", "scaling.num_workers=0", "optim.milestones=[3, 5]",
+                                        "data.validation.protocol=kfold"])
+    assert cfg.method.beta == 0.6 and cfg.scaling.num_workers == 0
+    assert cfg.optim.milestones == [3, 5] and cfg.data.validation.protocol == "kfold"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("method.bta=1", "method.bta: unknown key"),
+        ("data.classes_per_batch=many", "data.classes_per_batch"),
+        ("method.name=nope", "method.name: unknown method 'nope'"),
+        ("optim.lr=-1", "optim.lr"),
+        ("scaling.num_workers=3", "divisible by scaling.num_workers"),
+        ("data.validation.fold=4", "fold must be < folds"),
+        ("model.backbone=vgg", "model.backbone"),
+        ("nosuch.key=1", "nosuch: unknown key"),
+        ("novalue", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("margin/glyphs", [override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_section_set_as_value_is_refused():
+    with pytest.raises(ConfigError, match="data.name is a value"):
+        apply_overrides({"data": {"name": "glyphs"}}, ["data.name.x=1"])
+
+
+def test_method_section_typed_by_registered_method():
+    cfg = parse_config({"method": {"name": "margin", "beta": 0.6}})
+    assert type(cfg.method).__name__ == "MarginConfig" and cfg.to_dict()["method"]["beta"] == 0.6
+
+
+def test_cli_bad_config_exits_2_with_one_line(capsys, tmp_path):
+    code = main(["train", "--set", "method.bta=1", "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("reprlab: error: config: method.bta")
+    assert not (tmp_path / "run").exists(), "nothing may be created before the config is valid"
+
+
+def test_cli_missing_config_file(capsys, tmp_path):
+    assert main(["config", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_bad_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    assert main(["config", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
