@@ -22,6 +22,24 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0; backward sums every rank's gradient of this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows = tensor.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
 @dataclass
 class Context:
     cfg: ExperimentConfig
@@ -53,13 +71,7 @@ class Context:
         """
         if not _distributed():
             return tensor
-        if not tensor.requires_grad:
-            out = [torch.empty_like(tensor) for _ in range(self.world_size)]
-            dist.all_gather(out, tensor.contiguous())
-            return torch.cat(out)
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(tensor))
+        return _GatherWithGrad.apply(tensor)
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank."""

@@ -19,14 +19,16 @@ matrix never exists.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
-import faiss
-import numpy as np
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it narrates every SIMD probe
 
-from reprlab.platform.errors import ReprlabError
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
 
-METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "p@1", "map@r")
+from reprlab.platform.config import METRIC_KEYS  # noqa: E402,F401  (re-exported)
+from reprlab.platform.errors import ReprlabError  # noqa: E402
 
 #: faiss's default ``ClusteringParameters.seed``, the seed PML's k-means runs with.
 FAISS_DEFAULT_KMEANS_SEED = 1234

@@ -7,6 +7,7 @@ and the metrics history, and a ``ray.train.report`` (a barrier on every rank).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -103,16 +104,17 @@ def _worker_identity(cfg: ExperimentConfig) -> tuple[int, int, torch.device]:
     return tc.get_world_rank(), tc.get_world_size(), torch.device("cpu")
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from ray.experimental.tqdm_ray import tqdm
+def quiet_worker_logs() -> None:
+    """Keep worker output to our progress lines: no per-report dumps, no faiss loader chatter."""
+    import ray.train.v2._internal.execution.context as train_context
 
-    return tqdm(total=total, desc=desc)
+    for name in ("ray.train", train_context.__file__, "faiss.loader"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every training worker (``train_loop_per_worker`` of the TorchTrainer)."""
+    quiet_worker_logs()
     cfg = parse_config(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     rank, world, device = _worker_identity(cfg)
@@ -161,8 +163,8 @@ def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
     method.on_epoch_start(epoch)
     sums: dict[str, float] = defaultdict(float)
     total = ctx.iterations_per_epoch()
-    bar = _progress(total, f"epoch {epoch}/{ctx.cfg.train.epochs}", ctx.is_main)
-    n = 0
+    every = ctx.cfg.train.log_every
+    n, start = 0, time.perf_counter()
     for n, batch in enumerate(method.batches(epoch), start=1):
         logs = method.train_step(batch)
         loss = logs["loss"]
@@ -174,10 +176,10 @@ def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
         for k, v in logs.items():
             sums[k] += float(v)
         method.on_iteration_end((epoch - 1) * total + n)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        if ctx.is_main and (n % every == 0 or n == total):
+            rate = n * method.images_per_step() * ctx.world_size / (time.perf_counter() - start)
+            print(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
+                  f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s", flush=True)
     method.on_epoch_end(epoch)
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "_iterations": n}
 

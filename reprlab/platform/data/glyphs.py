@@ -180,7 +180,7 @@ def canonical_char(ch: str) -> str:
 
 @dataclass(frozen=True)
 class GlyphsConfig:
-    """Build parameters of the glyphs data set (all of them enter the cache hash)."""
+    """Build parameters of the glyphs data set (the cache hash covers them, extra folders via their fonts)."""
 
     seed: int = 0
     size: int = 32
@@ -520,7 +520,8 @@ def _build_key(cfg: GlyphsConfig, faces: Sequence[Face]) -> str:
         "params": {k: v for k, v in _params(cfg).items() if k != "extra_font_dirs"},
         "fonts": [(f.file, f.sha256) for f in faces],
         "classes": [c.members for c in glyph_classes()],
-        "geometry": [EM_FRACTION, BASELINE_FRACTION, SUPERSAMPLE_SIDE, STROKE_LEVELS, STROKE_PROBS, MIN_INK_AFTER_THINNING],
+        "geometry": [EM_FRACTION, BASELINE_FRACTION, SUPERSAMPLE_SIDE],
+        "stroke": [STROKE_LEVELS, STROKE_PROBS, MIN_INK_AFTER_THINNING],
         "pillow": pillow_version,
         "freetype": features.version("freetype2"),
         "numpy": np.__version__,
@@ -743,34 +744,38 @@ def glyphs_info(cache_dir: Path, cfg: GlyphsConfig = GlyphsConfig(), *, build: b
         "merged_classes": {c["char"]: c["members"] for c in meta["classes"] if len(c["members"]) > 1},
         "dropped_classes": meta["dropped_classes"],
         "face_table": [
-            {k: f[k] for k in ("file", "family", "weight", "slant")} | {"chars": f["classes"], "images": per_face[f["file"]]}
+            {k: f[k] for k in ("file", "family", "weight", "slant")}
+            | {"chars": f["classes"], "images": per_face[f["file"]]}
             for f in meta["faces"]
         ],
         "skipped_fonts": meta["skipped_fonts"],
     }
 
 
-def contact_sheet(cache_dir: Path, cfg: GlyphsConfig = GlyphsConfig(), classes: int = 12, faces: int = 8, scale: int = 2):
-    """A grid image (rows: ``classes`` classes spread over the ids, columns: ``faces`` faces; render 0)."""
+def _spread(items: Sequence, n: int) -> list:
+    """``n`` items evenly spread over ``items`` (all of them if fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def contact_sheet(
+    cache_dir: Path, cfg: GlyphsConfig = GlyphsConfig(), classes: int = 12, faces: int = 8, scale: int = 2
+):
+    """A grid of render 0: ``classes`` rows spread over the class ids, each showing up to ``faces``
+    of the faces that draw that class (spread over them in face order)."""
     from PIL import Image
 
     path = build_glyphs(cache_dir, cfg)
-    table = _read_table(path, ("image", "label", "font_file", "render"))
-    labels = np.asarray(table.column("label").to_numpy())
-    files = table.column("font_file").to_pylist()
-    renders = table.column("render").to_numpy()
-    ids = np.unique(labels)
-    rows = ids[np.linspace(0, len(ids) - 1, min(classes, len(ids))).round().astype(int)]
-    face_order = list(dict.fromkeys(f["file"] for f in read_metadata(path)["faces"]))
-    cols = [face_order[i] for i in np.linspace(0, len(face_order) - 1, min(faces, len(face_order))).round().astype(int)]
-    index = {(int(lab), f): i for i, (lab, f, r) in enumerate(zip(labels, files, renders)) if r == 0}
-    cell = cfg.size * scale
-    sheet = Image.new("L", (cell * len(cols), cell * len(rows)), 64)
+    table = _read_table(path, ("image", "label", "render"))
+    first = np.flatnonzero(table.column("render").to_numpy() == 0)
+    labels = table.column("label").to_numpy()[first]
     images = table.column("image")
-    for y, lab in enumerate(rows):
-        for x, f in enumerate(cols):
-            i = index.get((int(lab), f))
-            if i is not None:
-                tile = Image.open(io.BytesIO(images[i].as_py())).resize((cell, cell), Image.Resampling.NEAREST)
-                sheet.paste(tile, (x * cell, y * cell))
+    cell = cfg.size * scale
+    rows = _spread(np.unique(labels), classes)
+    sheet = Image.new("L", (cell * faces, cell * len(rows)), 64)
+    for y, label in enumerate(rows):
+        for x, i in enumerate(_spread(first[labels == label], faces)):  # rows are in face order
+            tile = Image.open(io.BytesIO(images[int(i)].as_py())).resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(tile, (x * cell, y * cell))
     return sheet

@@ -1,0 +1,157 @@
+"""End-to-end training on the platform: in-process and on Ray Train, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from reprlab.cli import main
+from reprlab.platform.config import METRIC_KEYS, load_config
+from reprlab.platform.errors import ConfigError
+from reprlab.platform.runner import run_training
+
+pytestmark = pytest.mark.slow
+
+
+def _epochs(out: Path) -> list[int]:
+    return pq.read_table(out / "metrics.parquet").column("epoch").to_pylist()
+
+
+def test_in_process_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(load_config(None, tiny + ["scaling.num_workers=0", "train.epochs=3"]), out)
+    assert _epochs(out) == [0, 1, 2, 3]
+    table = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert table[0]["throughput/images_per_s"] == 0 and table[1]["train/loss"] > 0
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("initial", "test", "best_test"):
+        assert set(on_disk[key]) == set(METRIC_KEYS)
+        assert all(0.0 <= v <= 1.0 for v in on_disk[key].values())
+    assert on_disk["initial"]["recall@1"] == table[0]["test/recall@1"]
+    best = max(table[1:], key=lambda r: r["test/recall@1"])
+    assert on_disk["best_test"]["recall@1"] == best["test/recall@1"]
+    chosen = max(table[1:], key=lambda r: r["val/map@r"])
+    assert on_disk["test"]["map@r"] == chosen["test/map@r"]
+    assert on_disk["config"]["scaling"]["num_workers"] == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002", "epoch_0003"]
+
+
+def test_two_ray_workers_train_the_same_global_batch_as_one_process(ray_session, tiny, tmp_path):
+    # Frozen BatchNorm: with batch statistics the two halves would normalize differently.
+    common = tiny + ["model.freeze_bn=true", "data.augment=false"]  # augmentation streams are per rank
+    local = run_training(load_config(None, common + ["scaling.num_workers=0"]), tmp_path / "local")
+    ddp = run_training(load_config(None, common + ["scaling.num_workers=2"]), tmp_path / "ddp")
+    a = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
+    b = pq.read_table(tmp_path / "ddp" / "metrics.parquet").to_pylist()
+    assert [r["epoch"] for r in b] == [0, 1, 2]
+    for ra, rb in zip(a[1:], b[1:]):
+        assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=2e-3)
+    assert ddp["test"]["recall@1"] == pytest.approx(local["test"]["recall@1"], abs=0.02)
+    ckpts = list((tmp_path / "ddp" / "ray").rglob("state.pt"))
+    assert ckpts, "Ray Train persisted the checkpoints"
+
+
+def test_resume_on_ray_continues_from_the_last_checkpoint(ray_session, tiny, tmp_path, capfd):
+    out = tmp_path / "run"
+    run_training(load_config(None, tiny + ["scaling.num_workers=2", "train.epochs=1"]), out)
+    first = pq.read_table(out / "metrics.parquet").to_pylist()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_training(load_config(None, tiny + ["scaling.num_workers=2"]), out)
+    run_training(load_config(None, tiny + ["scaling.num_workers=2", "train.epochs=2"]), out, resume=True)
+    assert "resumed from the checkpoint of epoch 1" in capfd.readouterr().out
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[:2] == first, "epochs before the checkpoint are not repeated"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "reprlab.cli", *args]
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny, tmp_path):
+    sets = [x for s in tiny + ["scaling.num_workers=0", "train.epochs=6", "data.iterations_per_epoch=12"]
+            for x in ("--set", s)]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", *sets, "--output", str(out)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.parquet").exists() and len(_epochs(out)) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before_kill = _epochs(out)
+    assert 3 <= len(done_before_kill) < 7, "the run was killed mid-way"
+    res = subprocess.run(_cli("train", "--output", str(out), "--resume"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from the checkpoint of epoch" in res.stdout and "epoch 0 " not in res.stdout
+    assert _epochs(out) == list(range(7))
+
+    ref = tmp_path / "straight"
+    # the CLI without a config file uses the margin/glyphs preset: so does the reference
+    run_training(load_config("margin/glyphs", tiny + ["scaling.num_workers=0", "train.epochs=6",
+                                                      "data.iterations_per_epoch=12"]), ref)
+    resumed = pq.read_table(out / "metrics.parquet").to_pylist()
+    straight = pq.read_table(ref / "metrics.parquet").to_pylist()
+    for r, s in zip(resumed, straight):
+        for key in ("train/loss", "test/recall@1", "test/map@r", "val/map@r"):
+            if key in s:
+                assert r[key] == pytest.approx(s[key], abs=1e-6), (r["epoch"], key)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_what_was_written(tiny, tmp_path, monkeypatch, capsys):
+    from reprlab.methods.margin import Margin
+
+    real_step, real_start = Margin.train_step, Margin.on_epoch_start
+
+    def start(self, epoch):
+        self.test_epoch = epoch
+        real_start(self, epoch)
+
+    def step(self, batch):
+        logs = real_step(self, batch)
+        return {**logs, "loss": float("nan")} if self.test_epoch == 2 else logs
+
+    monkeypatch.setattr(Margin, "on_epoch_start", start)
+    monkeypatch.setattr(Margin, "train_step", step)
+    out = tmp_path / "nan"
+    sets = [x for s in tiny + ["scaling.num_workers=0", "train.epochs=3"] for x in ("--set", s)]
+    code = main(["train", *sets, "--output", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert code == 2 and len(errors) == 1 and "loss became nan at epoch 2" in errors[0]
+    assert errors[0].startswith("reprlab: error: training:")
+    assert _epochs(out) == [0, 1]
+    assert (out / "checkpoints" / "epoch_0001" / "state.pt").is_file()
+
+
+def test_missing_data_directory_fails_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--set", "data.name=cub", "--set", f"data.root={tmp_path / 'nope'}",
+                 "--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "directory not found" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path, capsys):
+    from test_readers import make_cub
+
+    root = make_cub(tmp_path / "cub")
+    bad = sorted((root / "CUB_200_2011" / "images").rglob("*.jpg"))[0]
+    bad.write_bytes(b"not a jpeg")
+    sets = ["data.name=cub", f"data.root={root}", "data.image_size=16", "data.classes_per_batch=2",
+            "data.samples_per_class=2", "data.validation.protocol=none", "model.width=4",
+            "model.embed_dim=8", "train.epochs=1", "scaling.num_workers=0", "eval.kmeans_niter=2"]
+    code = main(["train", *[x for s in sets for x in ("--set", s)], "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot read image" in err and bad.name in err and "\n" not in err
