@@ -146,8 +146,8 @@ def test_missing_data_directory_fails_before_anything_is_written(tmp_path, capsy
 def test_unreadable_image_is_one_line_naming_the_file(tmp_path, capsys):
     from test_readers import make_cub
 
-    root = make_cub(tmp_path / "cub")
-    bad = sorted((root / "CUB_200_2011" / "images").rglob("*.jpg"))[0]
+    root = tmp_path / "cub"
+    bad = sorted((make_cub(root) / "images").glob("101.*/*.jpg"))[0]  # a test image: read at epoch 0
     bad.write_bytes(b"not a jpeg")
     sets = ["data.name=cub", f"data.root={root}", "data.image_size=16", "data.classes_per_batch=2",
             "data.samples_per_class=2", "data.validation.protocol=none", "model.width=4",
