@@ -155,3 +155,17 @@ def test_unreadable_image_is_one_line_naming_the_file(tmp_path, capsys):
     code = main(["train", *[x for s in sets for x in ("--set", s)], "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot read image" in err and bad.name in err and "\n" not in err
+
+
+def test_query_gallery_benchmark_trains_and_evaluates_query_against_gallery(tmp_path):
+    from test_readers import make_inshop
+
+    root = make_inshop(tmp_path / "inshop")
+    sets = ["data.name=inshop", f"data.root={root}", "data.image_size=16", "data.classes_per_batch=2",
+            "data.samples_per_class=2", "data.validation.protocol=none", "model.width=4",
+            "model.embed_dim=8", "train.epochs=1", "scaling.num_workers=0", "eval.kmeans_niter=2"]
+    summary = run_training(load_config(None, sets), tmp_path / "run")
+    rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
+    assert "val/recall@1" not in rows[0] and summary["selection"].startswith("last epoch")
+    # 3 queries, each with a same-item gallery image: recall@4 over a 3-image gallery is 1
+    assert summary["test"]["recall@4"] == 1.0
