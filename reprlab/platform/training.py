@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -104,6 +105,13 @@ def _worker_identity(cfg: ExperimentConfig) -> tuple[int, int, torch.device]:
     return tc.get_world_rank(), tc.get_world_size(), torch.device("cpu")
 
 
+def say(line: str) -> None:
+    """One progress line on stdout. Not ``print``: Ray Train patches it in workers to also log
+    every line through the root logger, which shows each line twice on the driver."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def quiet_worker_logs() -> None:
     """Keep worker output to our progress lines: no per-report dumps, no faiss loader chatter."""
     import ray.train.v2._internal.execution.context as train_context
@@ -134,7 +142,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         method.load_state_dict(state["method"])
         history, start = state["history"], state["epoch"] + 1
         if rank == 0:
-            print(f"[reprlab] resumed from the checkpoint of epoch {state['epoch']}", flush=True)
+            say(f"[reprlab] resumed from the checkpoint of epoch {state['epoch']}")
 
     for epoch in range(start, cfg.train.epochs + 1):
         t0 = time.perf_counter()
@@ -153,7 +161,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         history.append(row)
         if rank == 0:
             write_metrics_table(run_dir / "metrics.parquet", history)
-            print(_epoch_line(row, cfg), flush=True)
+            say(_epoch_line(row, cfg))
         store.save_and_report(
             {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}, row
         )
@@ -178,8 +186,8 @@ def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
         method.on_iteration_end((epoch - 1) * total + n)
         if ctx.is_main and (n % every == 0 or n == total):
             rate = n * method.images_per_step() * ctx.world_size / (time.perf_counter() - start)
-            print(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
-                  f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s", flush=True)
+            say(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
+                f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s")
     method.on_epoch_end(epoch)
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "_iterations": n}
 

@@ -63,8 +63,8 @@ def bench_loss(
     pml_s = _time_steps(pml_step, repeats)
     emb = F.normalize(raw, dim=1)
     triplets = distance_weighted_triplets(emb, labels, gen)
-    value_ours = float(ours_loss(emb, labels, triplets))
-    value_pml = float(pml_loss(emb, labels, triplets))
+    value_ours = ours_loss(emb, labels, triplets).item()
+    value_pml = pml_loss(emb, labels, triplets).item()
     return {
         "batch": batch, "dim": dim, "classes_per_batch": classes_per_batch, "repeats": repeats,
         "threads": torch.get_num_threads(), "triplets": len(triplets[0]),
