@@ -46,3 +46,18 @@ def test_local_weights_file_is_loaded(tmp_path):
 def test_missing_weights_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.pretrained"):
         build_backbone(ModelSection(backbone="resnet18", pretrained=str(tmp_path / "none.pth")))
+
+
+def test_headless_or_wrapped_weights_load_and_wrong_arch_is_one_line(tmp_path):
+    import torchvision
+
+    from reprlab.platform.errors import CheckpointError
+
+    src = torchvision.models.resnet18(weights=None)
+    headless = {f"module.{k}": v for k, v in src.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": headless}, tmp_path / "ddp.pth")
+    bb = build_backbone(ModelSection(backbone="resnet18", pretrained=str(tmp_path / "ddp.pth")))
+    assert torch.equal(bb.net.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    with pytest.raises(CheckpointError, match="does not fit resnet50") as err:
+        build_backbone(ModelSection(backbone="resnet50", pretrained=str(tmp_path / "ddp.pth")))
+    assert "\n" not in str(err.value)

@@ -57,16 +57,33 @@ class ResNetTrunk(nn.Module):
         import torchvision
 
         net = getattr(torchvision.models, arch)(weights=None)
-        if weights == "imagenet":
-            net.load_state_dict(_imagenet_state(arch))
-        elif weights != "none":
-            net.load_state_dict(_local_state(Path(weights)))
         self.out_dim = net.fc.in_features
-        net.fc = nn.Identity()
+        net.fc = nn.Identity()  # the classifier is not part of the trunk: its weights are dropped
+        if weights != "none":
+            state = _imagenet_state(arch) if weights == "imagenet" else _local_state(Path(weights))
+            trunk = {k.removeprefix("module."): v for k, v in state.items()}
+            trunk = {k: v for k, v in trunk.items() if not k.startswith("fc.")}
+            _check_fits(net, trunk, f"model.pretrained: {weights} does not fit {arch}")
+            net.load_state_dict(trunk)
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def _check_fits(net: nn.Module, state: dict, what: str) -> None:
+    """CheckpointError summarising missing, unexpected and mis-shaped keys (first of each)."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [
+        f"{len(keys)} {kind} key(s), e.g. {keys[0]}"
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{what}: {'; '.join(problems)}")
 
 
 def _imagenet_state(arch: str) -> dict:
@@ -89,10 +106,7 @@ def _local_state(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"model.pretrained: cannot read weights {path}: {exc}") from None
-    state = state.get("state_dict", state)
-    return {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")} | {
-        k: v for k, v in state.items() if k.startswith("fc.")
-    }
+    return state.get("state_dict", state)
 
 
 def build_backbone(cfg: ModelSection) -> nn.Module:

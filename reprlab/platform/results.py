@@ -17,7 +17,8 @@ def write_metrics_table(path: Path, rows: list[dict[str, float]]) -> None:
     """All epochs so far as one Parquet table (rewritten atomically: readers never see half)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = pa.table({c: [row.get(c) for row in rows] for c in columns})
-    table = table.set_column(0, "epoch", pa.array([int(r["epoch"]) for r in rows], pa.int64()))
+    epochs = pa.array([int(r["epoch"]) for r in rows], pa.int64())
+    table = table.set_column(table.schema.get_field_index("epoch"), "epoch", epochs)
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)

@@ -9,7 +9,7 @@ from reprlab.platform.config import ExperimentConfig, dump_config
 from reprlab.platform.data import load_bundle
 from reprlab.platform.errors import CheckpointError, ConfigError, ReprlabError
 from reprlab.platform.results import format_summary, make_summary, read_metrics_table, write_summary
-from reprlab.platform.training import quiet_worker_logs, train_worker
+from reprlab.platform.training import quiet_ray_logs, train_worker
 
 RAY_RUN_NAME = "train"
 
@@ -80,7 +80,7 @@ def run_training(cfg: ExperimentConfig, output: Path, resume: bool = False) -> d
     load_bundle(cfg.data, cfg.experiment.seed)  # data problems surface here, before Ray starts
     output.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, output / "config.yaml")
-    quiet_worker_logs()
+    quiet_ray_logs()
     ensure_ray(cfg)
     try:
         make_trainer(cfg, output).fit()

@@ -112,17 +112,18 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def quiet_worker_logs() -> None:
-    """Keep worker output to our progress lines: no per-report dumps, no faiss loader chatter."""
+def quiet_ray_logs() -> None:
+    """Keep run output to our progress lines: no INFO dump of every report (driver and workers;
+    the report logger of Ray 2.60 is named after its file)."""
     import ray.train.v2._internal.execution.context as train_context
 
-    for name in ("ray.train", train_context.__file__, "faiss.loader"):
+    for name in ("ray.train", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every training worker (``train_loop_per_worker`` of the TorchTrainer)."""
-    quiet_worker_logs()
+    quiet_ray_logs()
     cfg = parse_config(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     rank, world, device = _worker_identity(cfg)
