@@ -85,6 +85,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        return _bench_methods(args)
     if args.what == "eval":
         from reprlab.platform.bench.eval_bench import bench_eval, format_eval_bench
 
@@ -98,6 +100,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_loss_bench(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _bench_methods(args: argparse.Namespace) -> int:
+    from reprlab.platform.bench import methods_bench as mb
+    from reprlab.platform.errors import ConfigError
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"bench methods: --seeds {args.seeds!r}: expected integers separated by commas") from None
+    variants = tuple(mb.parse_variant(v) for v in args.variant) or mb.GLYPHS
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = mb.run_comparison(variants, seeds, output, args.overrides)
+    table = mb.format_table(mb.aggregate(rows))
+    print(f"test metrics at the epoch chosen by validation MAP@R, mean +- std over seeds {args.seeds}:")
+    print(table)
+    (output / "table.md").write_text(table + "\n")
+    print(f"[reprlab] wrote {mb.write_results(rows, output)} and {output / 'table.md'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
     return 0
 
 
@@ -136,8 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--classes-per-batch", type=int, default=28)
     b.add_argument("--repeats", type=int, default=200)
-    for b in bsub.choices.values():
+    for b in list(bsub.choices.values()):
         b.add_argument("--seed", type=int, default=0)
+    b = bsub.add_parser("methods", help="methods side by side over several seeds (default: the glyphs comparison)")
+    b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    b.add_argument("--variant", action="append", default=[], metavar="LABEL=PRESET[,KEY=VALUE...]",
+                   help="compare these instead of the default glyphs set (repeatable; the first is the baseline)")
+    b.add_argument("--output", default="runs/bench-methods", help="where the runs go; finished runs are reused")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run (repeatable)")
+    for b in bsub.choices.values():
         b.add_argument("--json", help="also write the result as JSON to this file")
     p.set_defaults(func=cmd_bench)
     return parser

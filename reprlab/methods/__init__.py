@@ -1,3 +1,3 @@
-"""One module per published method; importing this package registers them all."""
+"""Methods, one module each; importing this package registers them all."""
 
-from reprlab.methods import margin  # noqa: F401
+from reprlab.methods import divide_conquer, margin, mic, sharing  # noqa: F401

@@ -113,6 +113,9 @@ class MethodConfig(Section):
 
     name: str = "margin"
 
+    def check_against(self, cfg: ExperimentConfig) -> None:
+        """Cross-section checks of a method's settings (raise ConfigError naming the keys)."""
+
 
 class ExperimentConfig(Section):
     experiment: ExperimentSection = ExperimentSection()
@@ -182,9 +185,11 @@ def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, "method", method_cls.Config)) from None
     try:
-        return ExperimentConfig.model_validate({**raw, "method": method_cfg})
+        cfg = ExperimentConfig.model_validate({**raw, "method": method_cfg})
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, "", ExperimentConfig)) from None
+    cfg.method.check_against(cfg)
+    return cfg
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from reprlab.platform.config import ExperimentConfig
 from reprlab.platform.data import DataBundle, EvalSplit
 from reprlab.platform.data.pipeline import ArrayImages, make_dataset, make_loader, sequential_batches
-from reprlab.platform.data.sampler import ClassBalancedSampler
+from reprlab.platform.data.sampler import ClassBalancedSampler, ClusterRoundRobinSampler
 from reprlab.platform.data.types import ImageSet
 
 
@@ -55,12 +55,17 @@ class Context:
         return self.rank == 0
 
     # ---- networks ----------------------------------------------------------------------------
-    def prepare(self, module: nn.Module) -> nn.Module:
-        """Move to the device; wrap in DDP when several workers train and it has trainable weights."""
+    def prepare(self, module: nn.Module, *, partial: bool = False) -> nn.Module:
+        """Move to the device; wrap in DDP when several workers train and it has trainable weights.
+
+        ``partial``: some steps use only part of the module (e.g. one learner's slice). DDP then
+        looks for unused parameters; those unused on every rank keep ``grad=None``, so optimizers
+        leave them untouched.
+        """
         module = module.to(self.device)
         if _distributed() and any(p.requires_grad for p in module.parameters()):
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=partial)
         return module
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -98,7 +103,12 @@ class Context:
         d = self.cfg.data
         return d.iterations_per_epoch or max(1, len(self.data.train) // d.batch_size)
 
-    def class_balanced_sampler(self, targets: np.ndarray | None = None, iterations: int | None = None):
+    def class_balanced_sampler(
+        self, targets: np.ndarray | None = None, iterations: int | None = None, *, stream: int = 0,
+        repeat_classes: bool = False,
+    ) -> ClassBalancedSampler:
+        """P x M batches over the training set's classes, or over other ``targets`` (e.g. cluster
+        labels); see :class:`ClassBalancedSampler`."""
         d = self.cfg.data
         return ClassBalancedSampler(
             self.data.targets if targets is None else targets,
@@ -108,6 +118,16 @@ class Context:
             rank=self.rank,
             world_size=self.world_size,
             seed=self.cfg.experiment.seed,
+            stream=stream,
+            repeat_classes=repeat_classes,
+        )
+
+    def cluster_sampler(self, clusters: np.ndarray) -> ClusterRoundRobinSampler:
+        """Class-balanced batches inside each cluster, the clusters taking turns."""
+        d = self.cfg.data
+        return ClusterRoundRobinSampler(
+            self.data.targets, clusters, d.classes_per_batch, d.samples_per_class, self.iterations_per_epoch(),
+            rank=self.rank, world_size=self.world_size, seed=self.cfg.experiment.seed,
         )
 
     def _dataset(self, images: ImageSet, augment: bool):
@@ -116,15 +136,23 @@ class Context:
             self._datasets[key] = make_dataset(images, self.cfg.data.image_size, augment)
         return self._datasets[key]
 
-    def train_batches(self, index_batches: np.ndarray, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, targets) on the device for each row of ``index_batches`` into the train set."""
+    def train_batches(
+        self, index_batches: np.ndarray, epoch: int, labels: np.ndarray | None = None, *, stream: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) on the device for each row of ``index_batches`` into the train set.
+
+        Labels are the class targets, or ``labels`` given per batch slot (same shape as
+        ``index_batches``: e.g. cluster labels, possibly noisy). ``stream`` separates the
+        augmentation randomness of several loaders in one epoch.
+        """
         ds = self._dataset(self.data.train, self.cfg.data.augment)
         if isinstance(ds, ArrayImages):
-            ds.reseed(self.seed(epoch, self.rank, 0xA06))
+            ds.reseed(self.seed(epoch, self.rank, 0xA06, stream))
         loader = make_loader(ds, index_batches, self.cfg.data.loader_workers, self.device.type == "cuda")
         targets = torch.from_numpy(self.data.targets)
-        for x, idx in loader:
-            yield x.to(self.device, non_blocking=True), targets[idx].to(self.device, non_blocking=True)
+        for i, (x, idx) in enumerate(loader):
+            y = targets[idx] if labels is None else torch.from_numpy(np.asarray(labels[i]))
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()

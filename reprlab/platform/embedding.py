@@ -1,16 +1,41 @@
 """Shared shape of the embedding (DML) methods: backbone + named heads, class-balanced batches,
-retrieval evaluation of one head. Methods add criteria, miners and controllers on top."""
+margin criteria with distance-weighted mining, retrieval evaluation of one head (or several
+concatenated). Methods add criteria, miners and controllers on top."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 
-from reprlab.platform.config import OptimSection
-from reprlab.platform.method import Method
+from reprlab.platform.config import MethodConfig, OptimSection
+from reprlab.platform.dml import AdversarialDecorrelation, MarginLoss, distance_weighted_triplets
+from reprlab.platform.method import Method, _unwrap
 from reprlab.platform.models import EmbeddingHead, EmbeddingNet, build_backbone
+
+
+class MarginSettings(MethodConfig):
+    """The margin criterion and its distance-weighted miner: the base loss of every DML method."""
+
+    margin: float = Field(0.2, ge=0)
+    beta: float = Field(1.2, gt=0, description="initial boundary (0.6 in PADS' CUB/CARS runs)")
+    learn_beta: bool = True
+    beta_lr: float = Field(5e-4, gt=0)
+    nu: float = Field(0.0, ge=0, description="beta regularization")
+    cutoff: float = Field(0.5, gt=0, description="distance-weighted sampling: lower distance clamp")
+    nonzero_loss_cutoff: float = Field(1.4, gt=0, description="negatives farther than this are not drawn")
+
+
+class DecorrelatedHeadsSettings(MarginSettings):
+    """A class head and an auxiliary head decorrelated adversarially (MIC, Sharing Matters)."""
+
+    adversarial_weight: float = Field(2500.0, ge=0, description="weight w of the decorrelation loss")
+    adversarial_hidden: int = Field(512, ge=1, description="hidden width of the projection R")
+    adversarial_lr: float | None = Field(None, gt=0, description="learning rate of R (default: optim.lr)")
+    evaluate: Literal["class", "concat"] = Field("class", description="evaluate the class head or both heads")
 
 
 def make_optimizer(groups: list[dict], cfg: OptimSection) -> torch.optim.Optimizer:
@@ -28,19 +53,52 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimSection) -> torch.optim
 
 class EmbeddingMethod(Method):
     """``self.net(x)`` returns features and one L2-normalized embedding per name in ``heads``;
-    ``eval_head`` is what retrieval is evaluated on."""
+    ``eval_heads`` are evaluated (concatenated and re-normalized when there are several)."""
 
     heads: ClassVar[tuple[str, ...]] = ("embed",)
-    eval_head: ClassVar[str] = "embed"
+    eval_heads: tuple[str, ...] = ("embed",)
 
-    def build_network(self) -> None:
-        cfg = self.ctx.cfg.model
-        backbone = build_backbone(cfg)
-        heads = {h: EmbeddingHead(backbone.out_dim, cfg.embed_dim) for h in self.heads}
-        self.net = self.ctx.prepare(EmbeddingNet(backbone, heads))
+    # ---- networks and criteria ------------------------------------------------------------
+    def build_network(self, net: torch.nn.Module | None = None, *, partial: bool = False) -> None:
+        """``self.net`` (the default backbone + ``heads``, or ``net``), and ``self.mining``: a
+        generator seeded per epoch and identical on every rank, so all ranks mine the same
+        triplets from the same gathered batch."""
+        if net is None:
+            cfg = self.ctx.cfg.model
+            backbone = build_backbone(cfg)
+            net = EmbeddingNet(backbone, {h: EmbeddingHead(backbone.out_dim, cfg.embed_dim) for h in self.heads})
+        self.net = self.ctx.prepare(net, partial=partial)
+        self.mining = torch.Generator()
+
+    def margin_criterion(self, num_classes: int) -> MarginLoss:
+        c = self.cfg
+        return MarginLoss(num_classes, c.margin, c.beta, c.learn_beta, c.nu).to(self.ctx.device)
+
+    def beta_groups(self, *criteria: MarginLoss) -> list[dict]:
+        """Optimizer groups for learnable betas (own learning rate, no weight decay)."""
+        if not self.cfg.learn_beta:
+            return []
+        return [{"params": [c.beta for c in criteria], "lr": self.cfg.beta_lr, "weight_decay": 0.0}]
+
+    def margin_loss(self, criterion: MarginLoss, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Margin loss of gathered embeddings with one distance-weighted negative per positive pair.
+        Mined on the CPU so that one seeded generator serves every device."""
+        triplets = distance_weighted_triplets(
+            emb.detach().cpu(), labels.cpu(), self.mining, self.cfg.cutoff, self.cfg.nonzero_loss_cutoff
+        )
+        return criterion(emb, labels, tuple(t.to(emb.device) for t in triplets)), len(triplets[0])
 
     def trainable(self, module: torch.nn.Module) -> list[torch.nn.Parameter]:
         return [p for p in module.parameters() if p.requires_grad]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """``self.net`` without its DDP wrapper (for calls other than the training forward)."""
+        return _unwrap(self.net)
+
+    # ---- data and loop ------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        self.mining.manual_seed(self.ctx.seed(epoch, 0x3A1))
 
     def batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return self.ctx.train_batches(self.ctx.class_balanced_sampler().batches(epoch), epoch)
@@ -49,9 +107,36 @@ class EmbeddingMethod(Method):
         d = self.ctx.cfg.data
         return d.batch_size // self.ctx.world_size
 
+    # ---- evaluation -----------------------------------------------------------------------------
+    def embed_for_eval(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if len(self.eval_heads) == 1:
+            return out[self.eval_heads[0]]
+        return F.normalize(torch.cat([out[h] for h in self.eval_heads], dim=1), dim=1)
+
     def evaluate(self, split: str) -> dict[str, float]:
         self.net.eval()
         try:
-            return self.ctx.evaluate_embeddings(lambda x: self.net(x)[self.eval_head], split)
+            return self.ctx.evaluate_embeddings(self.embed_for_eval, split)
         finally:
             self.net.train()
+
+
+class DecorrelatedHeadsMethod(EmbeddingMethod):
+    """Backbone with a ``class`` head (evaluated) and a ``shared`` head, and the adversarial
+    decorrelation criterion between them (MIC and Sharing Matters)."""
+
+    heads = ("class", "shared")
+
+    def build_heads(self) -> None:
+        self.eval_heads = ("class",) if self.cfg.evaluate == "class" else ("class", "shared")
+        self.build_network()
+        dim = self.ctx.cfg.model.embed_dim
+        self.adversary = self.ctx.prepare(AdversarialDecorrelation(dim, self.cfg.adversarial_hidden))
+
+    def adversary_group(self) -> dict:
+        return {"params": list(self.adversary.parameters()), "lr": self.cfg.adversarial_lr or self.ctx.cfg.optim.lr}
+
+    def decorrelation(self, out_class: torch.Tensor, out_shared: torch.Tensor) -> torch.Tensor:
+        """L_adv on embeddings already gathered over the ranks."""
+        return self.adversary(out_class, out_shared)

@@ -72,7 +72,7 @@ def compute_metrics(
                 f"compute_metrics: query dim {query_emb.shape[1]} "
                 f"!= gallery dim {gallery_emb.shape[1]}"
             )
-    gpu = _gpu_wanted(use_gpu)
+    gpu = gpu_wanted(use_gpu)
 
     relevant = relevant_counts(query_labels, gallery_labels, self_mode)
     k = min(max(max(ks), int(relevant.max(initial=0))), len(gallery_emb) - int(self_mode))
@@ -130,7 +130,7 @@ def _check_set(emb: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarr
     return emb, labels.astype(np.int64, copy=False)
 
 
-def _gpu_wanted(use_gpu: bool | None) -> bool:
+def gpu_wanted(use_gpu: bool | None) -> bool:
     """Whether to use faiss GPU indices: only if faiss sees a GPU and the caller allows it."""
     return use_gpu is not False and faiss.get_num_gpus() > 0
 

@@ -48,6 +48,10 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
+    def early_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The first stage's output, average-pooled (low-level appearance: colour, stroke)."""
+        return F.adaptive_avg_pool2d(self.features[:3](x), 1).flatten(1)
+
 
 class ResNetTrunk(nn.Module):
     """A torchvision ResNet up to global average pooling (the 512/2048-d penultimate feature)."""
@@ -69,6 +73,12 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def early_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``layer1``'s output, average-pooled (MIC's source of initial pseudo-labels)."""
+        n = self.net
+        x = n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x)))))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
 def _check_fits(net: nn.Module, state: dict, what: str) -> None:
@@ -147,3 +157,6 @@ class EmbeddingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
         return {"features": feats, **{name: head(feats) for name, head in self.heads.items()}}
+
+    def early_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.early_features(x)

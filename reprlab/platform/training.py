@@ -171,6 +171,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
     method.on_epoch_start(epoch)
     sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)  # a log may be missing on some steps (e.g. MIC's shared task)
     total = ctx.iterations_per_epoch()
     every = ctx.cfg.train.log_every
     n, start = 0, time.perf_counter()
@@ -184,13 +185,14 @@ def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
             )
         for k, v in logs.items():
             sums[k] += float(v)
+            counts[k] += 1
         method.on_iteration_end((epoch - 1) * total + n)
         if ctx.is_main and (n % every == 0 or n == total):
             rate = n * method.images_per_step() * ctx.world_size / (time.perf_counter() - start)
             say(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
                 f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s")
     method.on_epoch_end(epoch)
-    return {**{k: v / max(n, 1) for k, v in sums.items()}, "_iterations": n}
+    return {**{k: v / counts[k] for k, v in sums.items()}, "_iterations": n}
 
 
 def _epoch_line(row: dict[str, float], cfg: ExperimentConfig) -> str:
