@@ -1,4 +1,4 @@
-"""``reprlab train | data | methods | bench``: the command line.
+"""``reprlab train | tune | config | data | methods | bench``: the command line.
 
 Every user mistake ends as one line ``reprlab: error: ...`` on stderr and exit status 2.
 """
@@ -35,6 +35,15 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{cfg.scaling.num_workers} worker(s), output {output}", flush=True)
     run_training(cfg, output, resume=args.resume)
     print(f"[reprlab] wrote {output / 'summary.json'} and {output / 'metrics.parquet'}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from reprlab.platform.tuning import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep, args.overrides)  # every mistake surfaces here, before Ray starts
+    output = Path(args.output or f"runs/tune/{sweep.spec.name}")
+    run_sweep(sweep, output, resume=args.resume)
     return 0
 
 
@@ -134,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/latest", help="run directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="hyperparameter sweep on Ray Tune (Optuna / random / grid, ASHA)")
+    p.add_argument("sweep", help="sweep file, e.g. tune_configs/divide_conquer_k_glyphs.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base experiment (repeatable)")
+    p.add_argument("--output", help="sweep directory (default: runs/tune/<sweep name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("config", help="print the resolved config (after presets and --set)")
     _add_config_args(p)

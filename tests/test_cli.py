@@ -13,7 +13,10 @@ from reprlab.cli import main
 def test_console_script_lists_methods():
     exe = shutil.which("reprlab") or str(__import__("pathlib").Path(sys.executable).with_name("reprlab"))
     res = subprocess.run([exe, "methods"], capture_output=True, text=True, check=True)
-    assert res.stdout.startswith("margin") and "distance-weighted" in res.stdout
+    lines = dict(line.split(maxsplit=1) for line in res.stdout.splitlines())
+    assert sorted(lines) == ["divide_conquer", "margin", "mic", "sharing"]
+    assert "distance-weighted" in lines["margin"] and "gradient reversal" in lines["mic"]
+    assert all(len(desc) > 20 for desc in lines.values()), "one line of description each"
 
 
 def test_config_prints_the_resolved_config(capsys):
@@ -50,3 +53,30 @@ def test_bench_loss_matches_pml(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["abs_diff"] < 1e-5 and result["ours_s"] > 0 and result["pml_s"] > 0
     assert "PML/ours" in capsys.readouterr().out
+
+
+def test_bench_methods_compares_variants_over_seeds_and_reuses_finished_runs(tiny, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "cmp"
+    args = ["bench", "methods", "--seeds", "0,1", "--output", str(out),
+            "--variant", "margin=margin/glyphs", "--variant", "D&C K=2=divide_conquer/glyphs,method.num_clusters=2",
+            *[a for o in tiny + ["scaling.num_workers=0", "train.epochs=1"] for a in ("--set", o)]]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("bench methods:") == 4
+    assert "| margin | 2 |" in printed and "| D&C K=2 | 2 |" in printed
+    rows = pq.read_table(out / "methods.parquet").to_pylist()
+    assert [(r["variant"], r["seed"]) for r in rows] == [("margin", 0), ("margin", 1), ("D&C K=2", 0), ("D&C K=2", 1)]
+    assert all(0 < r["test/recall@1"] <= 1 for r in rows)
+    assert (out / "d-c-k-2" / "seed1" / "summary.json").is_file()
+    assert main(args) == 0  # finished runs are read back, not retrained
+    again = capsys.readouterr().out
+    assert "bench methods:" not in again and (out / "table.md").read_text().strip() in again
+
+
+def test_bench_methods_bad_variant_is_one_line(capsys):
+    assert main(["bench", "methods", "--variant", "no-preset-here"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "reprlab: error: bench methods: --variant 'no-preset-here': expected LABEL=PRESET[,KEY=VALUE...]"
+    )

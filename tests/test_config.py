@@ -14,6 +14,24 @@ def test_presets_parse():
     assert cub.model.backbone == "resnet50" and cub.data.batch_size == 112 and cub.optim.lr == 1e-5
 
 
+def test_method_paper_presets_carry_the_published_settings():
+    methods = {"divide_conquer", "mic", "sharing"}
+    assert {f"{m}/{b}" for m in methods for b in ("glyphs", "cub", "cars", "sop")} <= set(preset_names())
+    dc = load_config("divide_conquer/cub")
+    assert (dc.method.num_clusters, dc.method.recluster_every, dc.method.conquer_epoch) == (8, 2, 100)
+    assert dc.data.batch_size == 80 and dc.optim.weight_decay == 1e-4 and dc.train.epochs == 200
+    assert [load_config(f"mic/{b}").method.num_clusters for b in ("cub", "cars", "sop")] == [30, 150, 50]
+    assert [load_config(f"mic/{b}").method.adversarial_weight for b in ("cub", "cars", "sop")] == [2500, 500, 250]
+    assert load_config("mic/sop").method.shared_prob == 0.5
+    assert [load_config(f"sharing/{b}").method.adversarial_weight for b in ("cub", "cars")] == [2400, 900]
+
+
+@pytest.mark.parametrize("name", ["divide_conquer", "mic", "sharing"])
+def test_any_preset_switches_method_with_one_override(name):
+    cfg = load_config("margin/glyphs", [f"method.name={name}", "method.beta=0.6"])
+    assert cfg.method.name == name and cfg.method.beta == 0.6 and cfg.data.batch_size == 128
+
+
 def test_dotted_overrides_are_typed():
     cfg = load_config("margin/glyphs", ["method.beta=0.6", "scaling.num_workers=0", "optim.milestones=[3, 5]",
                                         "data.validation.protocol=kfold"])

@@ -58,3 +58,16 @@ def test_resumed_run_continues_with_the_same_clusters(tiny, tmp_path, name):
                 assert key.startswith(("time/", "throughput/")) or rb[key] is None, key
             else:
                 assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9), key
+
+
+def test_divide_conquer_on_two_workers_matches_one_process(ray_session, tiny, tmp_path):
+    # Same clusters on every rank (k-means once, broadcast) and disjoint per-cluster shares give
+    # the per-epoch losses of a single process (frozen BN and no augmentation, as for margin).
+    common = tiny + ["method.name=divide_conquer", "method.num_clusters=2", "method.recluster_every=1",
+                     "model.freeze_bn=true", "data.augment=false"]
+    run_training(load_config(None, common + ["scaling.num_workers=0"]), tmp_path / "local")
+    run_training(load_config(None, common + ["scaling.num_workers=2"]), tmp_path / "ddp")
+    a = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
+    b = pq.read_table(tmp_path / "ddp" / "metrics.parquet").to_pylist()
+    for ra, rb in zip(a[1:], b[1:], strict=True):
+        assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=2e-3)

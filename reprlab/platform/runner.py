@@ -25,8 +25,10 @@ def check_output_dir(output: Path, resume: bool) -> None:
         raise CheckpointError(f"resume: {output} holds no run to resume (no config.yaml)")
 
 
-def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None):
-    """The TorchTrainer of one run (also what a Tune trial builds and fits)."""
+def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None, report: str = "train"):
+    """The TorchTrainer of one run (also what a Tune trial builds and fits). ``report``: how an
+    in-process run reports (see ``CheckpointStore``); in a Tune trial it forwards to Tune itself,
+    as Ray Train's callbacks (TuneReportCallback) do not run in-process."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -34,7 +36,7 @@ def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = 
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
     return TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir)},
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "report": report},
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.use_gpu,

@@ -35,9 +35,12 @@ class CheckpointStore:
     in-process (``num_workers=0``, where Ray keeps checkpoints only in memory), in
     ``RUN_DIR/checkpoints/epoch_NNNN``."""
 
-    def __init__(self, run_dir: Path, in_process: bool, keep: int, rank: int) -> None:
+    def __init__(self, run_dir: Path, in_process: bool, keep: int, rank: int, report: str = "train") -> None:
+        """``report``: where an in-process run reports each epoch: ``train`` (Ray Train), ``tune``
+        (a Tune trial that runs the training itself) or ``none`` (inside a Tune trial that reports
+        something else, e.g. the mean over k folds; Tune refuses ``ray.train.report`` there)."""
         self.local_dir = run_dir / "checkpoints"
-        self.in_process, self.keep, self.rank = in_process, keep, rank
+        self.in_process, self.keep, self.rank, self.report = in_process, keep, rank, report
 
     def latest(self) -> dict[str, Any] | None:
         import ray.train
@@ -57,7 +60,12 @@ class CheckpointStore:
         if self.in_process:
             if self.rank == 0:
                 self._save_local(state)
-            ray.train.report(metrics)
+            if self.report == "tune":
+                import ray.tune
+
+                ray.tune.report(metrics)
+            elif self.report == "train":
+                ray.train.report(metrics)
             return
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -134,7 +142,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     ctx = Context(cfg, load_bundle(cfg.data, cfg.experiment.seed), device, rank, world, run_dir)
     method = METHODS.get(cfg.method.name)(ctx)
     method.build()
-    store = CheckpointStore(run_dir, cfg.scaling.num_workers == 0, cfg.checkpoint.keep, rank)
+    store = CheckpointStore(run_dir, cfg.scaling.num_workers == 0, cfg.checkpoint.keep, rank,
+                            loop_config.get("report", "train"))
 
     history: list[dict[str, float]] = []
     start = 0

@@ -1,0 +1,146 @@
+"""What a sweep leaves behind: ``trials.parquet`` (one row per trial and reported epoch, with its
+parameters and status), ``best.yaml`` (the best trial's experiment, ready for ``reprlab train``),
+a printed leaderboard and ``params.png`` (the metric against each swept parameter)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+
+if TYPE_CHECKING:
+    from reprlab.platform.tuning import Sweep
+
+REPORTED = ("epoch", "train/loss")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _trial_id(path: str) -> str:
+    """Tune's trial directories are named ``<trainable>_<trial id>_<n>_<params>_<time>``."""
+    match = re.match(r"[A-Za-z_]*?_([0-9a-f]{5,})_\d+", Path(path).name)
+    return match.group(1) if match else Path(path).name
+
+
+def trial_rows(sweep: Sweep, grid) -> list[dict[str, Any]]:
+    """One row per (trial, report): trial id, status, parameters, epoch and metrics."""
+    spec = sweep.spec
+    epochs = sweep.epochs
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        reports = [] if df is None else df.to_dict("records")
+        trial_id = (reports[-1].get("trial_id") if reports else None) or _trial_id(result.path)
+        trained = [r for r in reports if r.get("epoch", 0) > 0]
+        if result.error is not None:
+            status = "error"
+        elif len(trained) < epochs:
+            status = "stopped early"
+        else:
+            status = "completed"
+        params = {f"param/{k}": result.config.get(k) for k in spec.space}
+        for r in reports or [{}]:
+            row = {"trial": trial_id, "status": status, **params}
+            row.update({k: float(v) for k, v in r.items() if "/" in k and _number(v) or k == "epoch" and _number(v)})
+            rows.append(row)
+    return rows
+
+
+def leaderboard(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Per trial: its best metric value, the epoch of it, epochs trained, status, parameters."""
+    sign = 1 if mode == "max" else -1
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if not _number(r.get(metric)) or r.get("epoch", 0) < 1:
+            continue
+        t = best.setdefault(r["trial"], {"trial": r["trial"], "status": r["status"], "value": -math.inf * sign,
+                                         "epochs": 0, **{k: v for k, v in r.items() if k.startswith("param/")}})
+        t["epochs"] = max(t["epochs"], int(r["epoch"]))
+        if sign * r[metric] > sign * t["value"]:
+            t["value"], t["epoch"] = r[metric], int(r["epoch"])
+    return sorted(best.values(), key=lambda t: -sign * t["value"])
+
+
+def format_leaderboard(board: list[dict[str, Any]], metric: str, top: int = 10) -> str:
+    if not board:
+        return "no trial reported " + metric
+    params = [k for k in board[0] if k.startswith("param/")]
+    head = ["rank", "trial", metric, "epoch", "epochs", "status", *(p.removeprefix("param/") for p in params)]
+    lines = [head]
+    for i, t in enumerate(board[:top], 1):
+        lines.append([str(i), t["trial"], f"{t['value']:.4f}", str(t.get("epoch", "")), str(t["epochs"]),
+                      t["status"], *(_fmt(t[p]) for p in params)])
+    widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def plot_parameters(board: list[dict[str, Any]], sweep: Sweep, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(sweep.spec.space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        xs = [t[f"param/{key}"] for t in board]
+        ys = [t["value"] for t in board]
+        if all(_number(x) for x in xs):
+            ax.scatter(xs, ys)
+            if sweep.spec.space[key].type == "logfloat":
+                ax.set_xscale("log")
+        else:
+            labels = sorted({str(x) for x in xs})
+            ax.scatter([labels.index(str(x)) for x in xs], ys)
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"best {sweep.spec.metric}")
+    fig.suptitle(f"{sweep.spec.name}: {len(board)} trials")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def collect_results(sweep: Sweep, output: Path, grid) -> dict[str, Any]:
+    from reprlab.platform.config import dump_config
+
+    spec = sweep.spec
+    rows = trial_rows(sweep, grid)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # union: epoch 0 has no train/loss
+    pq.write_table(pa.table({c: [row.get(c) for row in rows] for c in columns}), output / "trials.parquet")
+    board = leaderboard(rows, spec.metric, spec.mode)
+    summary: dict[str, Any] = {
+        "trials": len({r["trial"] for r in rows}),
+        "trial_epochs": sum(t["epochs"] for t in board) * (spec.kfold.folds if spec.kfold else 1),
+        "errors": sorted({r["trial"] for r in rows if r["status"] == "error"}),
+    }
+    print(format_leaderboard(board, spec.metric), flush=True)
+    if board:
+        best = board[0]
+        params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/")}
+        cfg = sweep.trial_config(params)
+        dump_config(cfg, output / "best.yaml")
+        text = (output / "best.yaml").read_text()
+        (output / "best.yaml").write_text(
+            f"# best trial {best['trial']} of sweep {spec.name}: {spec.metric} = {best['value']:.4f} "
+            f"at epoch {best.get('epoch')}; run it with: reprlab train {output / 'best.yaml'}\n" + text
+        )
+        plot_parameters(board, sweep, output / "params.png")
+        summary.update(best_trial=best["trial"], best_value=best["value"], best_params=params)
+    (output / "sweep_summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    print(f"[reprlab] {summary['trials']} trials, {summary['trial_epochs']} trial-epochs; wrote "
+          f"{output / 'trials.parquet'}, best.yaml, params.png", flush=True)
+    return summary
