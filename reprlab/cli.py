@@ -43,7 +43,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep, args.overrides)  # every mistake surfaces here, before Ray starts
     output = Path(args.output or f"runs/tune/{sweep.spec.name}")
-    run_sweep(sweep, output, resume=args.resume)
+    summary = run_sweep(sweep, output, resume=args.resume)
+    for trial, line in summary["errors"].items():
+        print(f"reprlab: trial {trial} failed: {line}", file=sys.stderr)
+    if "best_trial" not in summary:
+        print("reprlab: error: tune: no trial completed an epoch", file=sys.stderr)
+        return 1
     return 0
 
 

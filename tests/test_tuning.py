@@ -202,3 +202,12 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny, tmp_path):
         epochs = pq.read_table(out / "trials" / trial / "metrics.parquet").column("epoch").to_pylist()
         assert epochs == [0, 1, 2, 3]
         assert sorted(int(r["epoch"]) for r in rows if r["trial"] == trial) == [0, 1, 2, 3], "Tune saw every epoch"
+
+
+def test_missing_data_fails_with_one_line_before_any_trial(tmp_path, capsys):
+    spec = {"name": "s", "base": "margin/cub", "overrides": [f"data.root={tmp_path / 'no-cub'}"],
+            "space": {"optim.lr": {"type": "logfloat", "low": 1e-6, "high": 1e-4}}}
+    assert main(["tune", str(_write(tmp_path / "s.yaml", spec)), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reprlab: error: ") and "no-cub" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

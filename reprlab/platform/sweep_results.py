@@ -28,11 +28,20 @@ def _trial_id(path: str) -> str:
     return match.group(1) if match else Path(path).name
 
 
-def trial_rows(sweep: Sweep, grid) -> list[dict[str, Any]]:
-    """One row per (trial, report): trial id, status, parameters, epoch and metrics."""
+def _error_line(exc: BaseException) -> str:
+    from reprlab.platform.runner import user_error
+
+    err = user_error(exc)
+    return str(err) if err is not None else f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+
+
+def trial_rows(sweep: Sweep, grid, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per (trial, report): trial id, status, parameters, epoch and metrics; a failed
+    trial's one-line error goes into ``errors``."""
+    errors = {} if errors is None else errors
     spec = sweep.spec
     epochs = sweep.epochs
-    rows = []
+    rows: list[dict[str, Any]] = []
     for result in grid:
         df = result.metrics_dataframe
         reports = [] if df is None else df.to_dict("records")
@@ -40,6 +49,7 @@ def trial_rows(sweep: Sweep, grid) -> list[dict[str, Any]]:
         trained = [r for r in reports if r.get("epoch", 0) > 0]
         if result.error is not None:
             status = "error"
+            errors.setdefault(trial_id, _error_line(result.error))
         elif len(trained) < epochs:
             status = "stopped early"
         else:
@@ -93,18 +103,23 @@ def plot_parameters(board: list[dict[str, Any]], sweep: Sweep, path: Path) -> No
     keys = list(sweep.spec.space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        xs = [t[f"param/{key}"] for t in board]
-        ys = [t["value"] for t in board]
-        if all(_number(x) for x in xs):
-            ax.scatter(xs, ys)
-            if sweep.spec.space[key].type == "logfloat":
-                ax.set_xscale("log")
-        else:
-            labels = sorted({str(x) for x in xs})
-            ax.scatter([labels.index(str(x)) for x in xs], ys)
+        values = [t[f"param/{key}"] for t in board]
+        numeric = all(_number(x) for x in values)
+        labels = sorted({str(x) for x in values})
+        for status, filled in (("completed", True), ("stopped early", False), ("error", False)):
+            mine = [t for t in board if t["status"] == status]
+            if not mine:
+                continue
+            xs = [t[f"param/{key}"] if numeric else labels.index(str(t[f"param/{key}"])) for t in mine]
+            ax.scatter(xs, [t["value"] for t in mine], label=status,
+                       facecolors="C0" if filled else "none", edgecolors="C0" if filled else "C3")
+        if numeric and sweep.spec.space[key].type == "logfloat":
+            ax.set_xscale("log")
+        if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {sweep.spec.metric}")
+        ax.legend(fontsize=7)
     fig.suptitle(f"{sweep.spec.name}: {len(board)} trials")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -115,7 +130,8 @@ def collect_results(sweep: Sweep, output: Path, grid) -> dict[str, Any]:
     from reprlab.platform.config import dump_config
 
     spec = sweep.spec
-    rows = trial_rows(sweep, grid)
+    errors: dict[str, str] = {}
+    rows = trial_rows(sweep, grid, errors)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -125,7 +141,7 @@ def collect_results(sweep: Sweep, output: Path, grid) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "trials": len({r["trial"] for r in rows}),
         "trial_epochs": sum(t["epochs"] for t in board) * (spec.kfold.folds if spec.kfold else 1),
-        "errors": sorted({r["trial"] for r in rows if r["status"] == "error"}),
+        "errors": errors,
     }
     print(format_leaderboard(board, spec.metric), flush=True)
     if board:

@@ -333,6 +333,7 @@ def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any
     import ray
     from ray import tune
 
+    from reprlab.platform.data import load_bundle
     from reprlab.platform.training import quiet_ray_logs
 
     output = output.expanduser().resolve()
@@ -341,6 +342,8 @@ def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any
         raise ConfigError(f"tune: {output} holds no sweep to resume")
     if not resume and exp_dir.exists():
         raise ConfigError(f"tune: {output} already holds a sweep; pass --resume to continue it, or choose another --output")
+    first = sweep.trial_config({}, 0 if sweep.spec.kfold else None)
+    load_bundle(first.data, first.experiment.seed)  # data problems surface here, before Ray starts
     output.mkdir(parents=True, exist_ok=True)
     if sweep.source is not None and not resume:
         (output / "sweep.yaml").write_text(sweep.source.read_text())
