@@ -43,16 +43,40 @@ class CheckpointStore:
         self.in_process, self.keep, self.rank, self.report = in_process, keep, rank, report
 
     def latest(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint's state, or None for a fresh run. A corrupt or truncated
+        checkpoint is reported in one line and the previous one is used instead; when none is
+        readable, a CheckpointError."""
         import ray.train
 
-        if not self.in_process:
+        if self.in_process:
+            paths = sorted(self.local_dir.glob(f"epoch_*/{STATE_FILE}"), reverse=True) if self.local_dir.is_dir() else []
+        else:
             ckpt = ray.train.get_checkpoint()
             if ckpt is None:
                 return None
             with ckpt.as_directory() as d:
-                return _load_state(Path(d) / STATE_FILE)
-        done = sorted(self.local_dir.glob("epoch_*/" + STATE_FILE)) if self.local_dir.is_dir() else []
-        return _load_state(done[-1]) if done else None
+                newest = Path(d) / STATE_FILE
+                try:
+                    return _load_state(newest)
+                except CheckpointError as exc:
+                    error = exc
+            # older checkpoints of this run, where the storage is a local or mounted path
+            here = Path(ckpt.path)
+            paths = [p for p in sorted(here.parent.glob(f"epoch_*/{STATE_FILE}"), reverse=True)
+                     if p.parent.name < here.name]
+            self._fell_back(error, paths)
+        for i, path in enumerate(paths):
+            try:
+                return _load_state(path)
+            except CheckpointError as exc:
+                self._fell_back(exc, paths[i + 1 :])
+        if paths or not self.in_process:
+            raise CheckpointError("checkpoint: no readable checkpoint is left to resume from")
+        return None
+
+    def _fell_back(self, exc: CheckpointError, older: list[Path]) -> None:
+        if self.rank == 0:
+            say(f"[reprlab] {exc}; " + (f"falling back to {older[0].parent.name}" if older else "no older checkpoint"))
 
     def save_and_report(self, state: dict[str, Any], metrics: dict[str, float]) -> None:
         import ray.train
@@ -97,7 +121,8 @@ def _load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {exc}") from None
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {reason}") from None
 
 
 def _worker_identity(cfg: ExperimentConfig) -> tuple[int, int, torch.device]:
