@@ -175,11 +175,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "sweep"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(f"sweep: {path.name}: {where}: {msg}") from None
+        where = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"sweep: {path.name}: {where + ': ' if where else ''}{msg}") from None
 
     base_raw: dict[str, Any] = {}
     if spec.base:
