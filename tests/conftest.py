@@ -45,12 +45,24 @@ def tiny(glyphs_root) -> list[str]:
     return TINY + [f"data.root={glyphs_root}"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
+    """One Ray instance per session; it exports dashboard metrics on ``METRICS_PORT``."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=int(2e8),
-                 log_to_driver=True)
+                 log_to_driver=True, _metrics_export_port=METRICS_PORT)
     yield ray
     ray.shutdown()

@@ -179,6 +179,13 @@ class DivideConquer(EmbeddingMethod):
     def on_epoch_end(self, epoch: int) -> None:
         self.scheduler.step()
 
+    def epoch_metrics(self) -> dict[str, float]:
+        if self.clusters is None:
+            return {}
+        sizes = np.bincount(self.clusters[self.clusters >= 0], minlength=self.cfg.num_clusters)
+        return {"cluster_size_min": sizes.min(), "cluster_size_max": sizes.max(),
+                "clustered_out": float((self.clusters < 0).sum())}
+
     # ---- state beyond modules and optimizers ------------------------------------------------------
     def extra_state(self) -> dict:
         if self.clusters is None:

@@ -139,6 +139,12 @@ class MIC(DecorrelatedHeadsMethod):
     def images_per_step(self) -> int:
         return round(super().images_per_step() * (1 + self.cfg.shared_prob))
 
+    def epoch_metrics(self) -> dict[str, float]:
+        if self.clusters is None:
+            return {}
+        sizes = np.bincount(self.clusters, minlength=self.cfg.num_clusters)
+        return {"cluster_size_min": sizes.min(), "cluster_size_max": sizes.max()}
+
     # ---- state ----------------------------------------------------------------------------------
     def extra_state(self) -> dict:
         return {} if self.clusters is None else {"clusters": torch.from_numpy(self.clusters)}

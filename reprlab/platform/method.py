@@ -71,6 +71,11 @@ class Method(ABC):
     def evaluate(self, split: str) -> dict[str, float]:
         """Flat metrics on an evaluation split (``val`` or ``test``); same on every rank."""
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Values describing the method's state after an epoch (e.g. cluster sizes), recorded as
+        ``method/<name>`` in the metrics table and on the dashboard."""
+        return {}
+
     def images_per_step(self) -> int:
         """Images one step consumes on this rank (throughput telemetry)."""
         return 0

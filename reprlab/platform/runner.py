@@ -25,7 +25,9 @@ def check_output_dir(output: Path, resume: bool) -> None:
         raise CheckpointError(f"resume: {output} holds no run to resume (no config.yaml)")
 
 
-def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None, report: str = "train"):
+def make_trainer(
+    cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None, report: str = "train", trial: str = ""
+):
     """The TorchTrainer of one run (also what a Tune trial builds and fits). ``report``: how an
     in-process run reports (see ``CheckpointStore``); in a Tune trial it forwards to Tune itself,
     as Ray Train's callbacks (TuneReportCallback) do not run in-process."""
@@ -36,7 +38,8 @@ def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = 
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
     return TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "report": report},
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "report": report,
+                           "trial": trial},
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.use_gpu,

@@ -26,6 +26,7 @@ from reprlab.platform.data import load_bundle
 from reprlab.platform.errors import CheckpointError, NonFiniteLossError
 from reprlab.platform.method import METHODS
 from reprlab.platform.results import write_metrics_table
+from reprlab.platform.telemetry import Telemetry
 
 STATE_FILE = "state.pt"
 
@@ -170,6 +171,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     store = CheckpointStore(run_dir, cfg.scaling.num_workers == 0, cfg.checkpoint.keep, rank,
                             loop_config.get("report", "train"))
 
+    telemetry = Telemetry(cfg.experiment.name, loop_config.get("trial") or run_dir.name, cfg.method.name,
+                          enabled=rank == 0)
     history: list[dict[str, float]] = []
     start = 0
     state = store.latest()
@@ -181,13 +184,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(start, cfg.train.epochs + 1):
         t0 = time.perf_counter()
-        train_logs = _train_epoch(method, ctx, epoch) if epoch > 0 else {}
+        train_logs = _train_epoch(method, ctx, epoch, telemetry) if epoch > 0 else {}
         iterations = int(train_logs.pop("_iterations", 0))
         t_train = time.perf_counter() - t0
         evals = {f"{s}/{k}": float(v) for s in ctx.data.eval_splits for k, v in method.evaluate(s).items()}
         row = {
             "epoch": float(epoch),
             **{f"train/{k}": v for k, v in train_logs.items()},
+            **{f"method/{k}": float(v) for k, v in method.epoch_metrics().items()},
             **evals,
             "time/train_s": t_train,
             "time/eval_s": time.perf_counter() - t0 - t_train,
@@ -197,12 +201,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             write_metrics_table(run_dir / "metrics.parquet", history)
             say(_epoch_line(row, cfg))
+            telemetry.epoch(row)
         store.save_and_report(
             {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}, row
         )
 
 
-def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
+def _train_epoch(method, ctx: Context, epoch: int, telemetry: Telemetry) -> dict[str, float]:
     method.on_epoch_start(epoch)
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)  # a log may be missing on some steps (e.g. MIC's shared task)
@@ -223,6 +228,7 @@ def _train_epoch(method, ctx: Context, epoch: int) -> dict[str, float]:
         method.on_iteration_end((epoch - 1) * total + n)
         if ctx.is_main and (n % every == 0 or n == total):
             rate = n * method.images_per_step() * ctx.world_size / (time.perf_counter() - start)
+            telemetry.progress(sums["loss"] / n, rate)
             say(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
                 f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s")
     method.on_epoch_end(epoch)

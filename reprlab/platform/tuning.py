@@ -298,7 +298,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
         if forward:
             replay_reports(run_dir)
         callbacks = [TuneReportCallback()] if forward and not in_process else None
-        make_trainer(cfg, run_dir, callbacks, report="tune" if forward else "none").fit()
+        make_trainer(cfg, run_dir, callbacks, report="tune" if forward else "none", trial=trial_id).fit()
         rows = read_metrics_table(run_dir / "metrics.parquet")
         write_summary(run_dir / "summary.json", make_summary(rows, cfg.to_dict(), cfg.eval.selection_metric))
     if sweep.spec.kfold is not None:  # the trial's metric per epoch: the mean over folds
