@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from reprlab.platform.evaluation import FAISS_DEFAULT_KMEANS_SEED, gpu_wanted
+from reprlab.platform.evaluation import gpu_wanted, kmeans_assign
 
 if TYPE_CHECKING:
     from reprlab.platform.context import Context
@@ -32,12 +31,8 @@ def kmeans(
     x = np.ascontiguousarray(x, dtype=np.float32)
     if k > len(x):
         raise ValueError(f"k-means: {k} clusters asked for {len(x)} points")
-    km = faiss.Kmeans(
-        x.shape[1], k, niter=niter, nredo=nredo, seed=FAISS_DEFAULT_KMEANS_SEED + seed,
-        gpu=gpu_wanted(use_gpu), min_points_per_centroid=1, max_points_per_centroid=max(256, len(x)),
-    )
-    km.train(x)
-    return km.index.search(x, 1)[1][:, 0].astype(np.int64)
+    labels = kmeans_assign(x, k, niter=niter, nredo=nredo, seed=seed, use_gpu=gpu_wanted(use_gpu), subsample=False)
+    return labels.astype(np.int64)
 
 
 def match_clusters(previous: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:

@@ -213,12 +213,16 @@ def _map_at_r(hits: np.ndarray, relevant: np.ndarray) -> np.ndarray:
 
 
 def kmeans_assign(
-    x: np.ndarray, n_clusters: int, *, niter: int = 20, seed: int = 0, use_gpu: bool = False
+    x: np.ndarray, n_clusters: int, *, niter: int = 20, nredo: int = 1, seed: int = 0, use_gpu: bool = False,
+    subsample: bool = True,
 ) -> np.ndarray:
-    """Cluster ids from faiss k-means with PML's settings; ``seed`` offsets faiss's default."""
+    """Cluster ids from faiss k-means, by default with PML's settings; ``seed`` offsets faiss's
+    default, ``nredo`` keeps the best of several restarts, ``subsample=False`` trains on every
+    point instead of faiss's sample of 256 per centroid."""
     kmeans = faiss.Kmeans(
-        x.shape[1], n_clusters, niter=niter, seed=FAISS_DEFAULT_KMEANS_SEED + seed, gpu=use_gpu,
+        x.shape[1], n_clusters, niter=niter, nredo=nredo, seed=FAISS_DEFAULT_KMEANS_SEED + seed, gpu=use_gpu,
         min_points_per_centroid=1,  # only silences faiss' small-set warning; results unchanged
+        **({} if subsample else {"max_points_per_centroid": max(256, len(x))}),
     )
     kmeans.train(x)
     return kmeans.index.search(x, 1)[1][:, 0]
