@@ -171,7 +171,6 @@ def test_class_mean_subtraction_removes_class_identity():
 
 
 def test_cluster_sampler_shares_are_disjoint_and_repeat_classes_of_small_clusters():
-    rng = np.random.default_rng(3)
     targets = np.repeat(np.arange(12), 6)
     clusters = np.where(targets < 3, 0, 1)  # cluster 0: 3 classes, fewer than P = 4
     clusters[targets == 11] = -1
@@ -185,7 +184,6 @@ def test_cluster_sampler_shares_are_disjoint_and_repeat_classes_of_small_cluster
     joined = np.concatenate([parts[0][0], parts[1][0]], axis=1)
     assert np.array_equal(np.sort(joined, axis=1), np.sort(index, axis=1))
     assert (parts[0][1] == parts[1][1]).all()
-    del rng
 
 
 def test_class_balanced_sampler_still_refuses_too_few_classes_unless_asked():

@@ -107,6 +107,7 @@ def test_sweep_file_parses_into_the_right_tune_objects(tmp_path):
         ({"kfold": {"folds": 3}}, "ASHA cannot stop k-fold trials early"),
         ({"base": "nope/preset"}, "nope/preset: no such file or preset"),
         ({"overrides": ["optim.lr=-1"]}, "base: config: optim.lr"),
+        ({"resources": {"workers": 3}}, "must be divisible by scaling.num_workers (3)"),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line_before_ray_starts(tmp_path, capsys, change, message):
@@ -122,7 +123,7 @@ def test_bad_sweep_files_fail_with_one_line_before_ray_starts(tmp_path, capsys, 
 
 
 @pytest.mark.slow
-def test_tiny_sweep_runs_to_completion_and_writes_table_and_best_config(ray_session, tiny, tmp_path, capsys):  # noqa: E501
+def test_tiny_sweep_runs_to_completion_and_writes_table_and_best_config(ray_session, tiny, tmp_path, capsys):
     path = _write(tmp_path / "tiny.yaml", _tiny_sweep(tiny, trials=3))
     out = tmp_path / "sweep"
     assert main(["tune", str(path), "--output", str(out)]) == 0

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from reprlab.platform.config import MethodConfig, OptimSection
 from reprlab.platform.dml import AdversarialDecorrelation, MarginLoss, distance_weighted_triplets
-from reprlab.platform.method import Method, _unwrap
+from reprlab.platform.method import Method, unwrap
 from reprlab.platform.models import EmbeddingHead, EmbeddingNet, build_backbone
 
 
@@ -94,7 +94,7 @@ class EmbeddingMethod(Method):
     @property
     def model(self) -> torch.nn.Module:
         """``self.net`` without its DDP wrapper (for calls other than the training forward)."""
-        return _unwrap(self.net)
+        return unwrap(self.net)
 
     # ---- data and loop ------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:

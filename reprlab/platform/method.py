@@ -29,7 +29,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return METHODS.register(cls.name)(cls)
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap(obj: Any) -> Any:
     return obj.module if isinstance(obj, nn.parallel.DistributedDataParallel) else obj
 
 
@@ -92,7 +92,7 @@ class Method(ABC):
         """Every module, optimizer, scheduler and generator attribute, plus ``extra_state()``."""
         state: dict[str, Any] = {}
         for key, obj in vars(self).items():
-            obj = _unwrap(obj)
+            obj = unwrap(obj)
             if isinstance(obj, (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
                 state[key] = obj.state_dict()
             elif isinstance(obj, torch.Generator):
@@ -106,7 +106,7 @@ class Method(ABC):
         for key, obj in vars(self).items():
             if key not in attrs:
                 continue
-            obj = _unwrap(obj)
+            obj = unwrap(obj)
             if isinstance(obj, torch.Generator):
                 obj.set_state(attrs[key])
             elif isinstance(obj, np.random.Generator):

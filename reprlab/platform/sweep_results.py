@@ -57,7 +57,7 @@ def trial_rows(sweep: Sweep, grid, errors: dict[str, str] | None = None) -> list
         params = {f"param/{k}": result.config.get(k) for k in spec.space}
         for r in reports or [{}]:
             row = {"trial": trial_id, "status": status, **params}
-            row.update({k: float(v) for k, v in r.items() if "/" in k and _number(v) or k == "epoch" and _number(v)})
+            row.update({k: float(v) for k, v in r.items() if ("/" in k or k == "epoch") and _number(v)})
             rows.append(row)
     return rows
 

@@ -29,7 +29,6 @@ from reprlab.platform.config import (
     apply_overrides,
     dump_config,
     parse_config,
-    parse_override,
     read_yaml,
 )
 from reprlab.platform.errors import ConfigError
@@ -183,7 +182,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if spec.base:
         local = (path.parent / spec.base)
         base_raw = read_yaml(local if local.is_file() else spec.base)
-    base_raw = apply_overrides(base_raw, [*spec.overrides, *(overrides or [])])
+    base_raw = apply_overrides(base_raw, [*spec.overrides, *(overrides or []), *experiment_overrides(spec)])
     try:
         parse_config(copy.deepcopy(base_raw))
     except ConfigError as exc:
@@ -191,7 +190,6 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     sweep = Sweep(spec, base_raw, path)
     for key, param in spec.space.items():  # every key and every value kind must fit the config
         for value in param.samples():
-            parse_override(f"{key}={value}")
             try:
                 sweep.trial_config({key: value})
             except ConfigError as exc:
@@ -346,7 +344,6 @@ def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any
     if sweep.source is not None and not resume:
         (output / "sweep.yaml").write_text(sweep.source.read_text())
     spec = sweep.spec
-    sweep.base = apply_overrides(copy.deepcopy(sweep.base), experiment_overrides(spec))
     sweep.output = output
     quiet_ray_logs()
     if not ray.is_initialized():
