@@ -125,7 +125,7 @@ def _bench_methods(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ConfigError(f"bench methods: --seeds {args.seeds!r}: expected integers separated by commas") from None
-    variants = tuple(mb.parse_variant(v) for v in args.variant) or mb.GLYPHS
+    variants = tuple(mb.parse_variant(v) for v in args.variant) or mb.load_comparison(args.comparison)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     rows = mb.run_comparison(variants, seeds, output, args.overrides)
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     b.add_argument("--variant", action="append", default=[], metavar="LABEL=PRESET[,KEY=VALUE...]",
                    help="compare these instead of the default glyphs set (repeatable; the first is the baseline)")
+    b.add_argument("--comparison", default="glyphs",
+                   help="variants from a comparison file or a shipped one (default: glyphs, reprlab/comparisons/)")
     b.add_argument("--output", default="runs/bench-methods", help="where the runs go; finished runs are reused")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run (repeatable)")

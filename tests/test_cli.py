@@ -80,3 +80,13 @@ def test_bench_methods_bad_variant_is_one_line(capsys):
     assert capsys.readouterr().err.strip() == (
         "reprlab: error: bench methods: --variant 'no-preset-here': expected LABEL=PRESET[,KEY=VALUE...]"
     )
+
+
+def test_bench_methods_shipped_comparison_names_the_glyphs_presets(tmp_path, capsys):
+    from reprlab.platform.bench.methods_bench import load_comparison
+
+    variants = load_comparison("glyphs")
+    assert [v.label for v in variants] == ["margin", "D&C K=2", "D&C K=4", "D&C K=8", "MIC", "Sharing"]
+    assert variants[2].overrides == ("method.num_clusters=4",)
+    assert main(["bench", "methods", "--comparison", str(tmp_path / "none.yaml")]) == 2
+    assert "--comparison" in capsys.readouterr().err

@@ -34,15 +34,27 @@ class Variant:
         return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
 
 
-#: The glyphs comparison of docs/BENCHMARKS.md: same backbone, batch, lr and epochs throughout.
-GLYPHS = (
-    Variant("margin", "margin/glyphs"),
-    Variant("D&C K=2", "divide_conquer/glyphs", ("method.num_clusters=2",)),
-    Variant("D&C K=4", "divide_conquer/glyphs", ("method.num_clusters=4",)),
-    Variant("D&C K=8", "divide_conquer/glyphs", ("method.num_clusters=8",)),
-    Variant("MIC", "mic/glyphs"),
-    Variant("Sharing", "sharing/glyphs"),
-)
+def load_comparison(source: str) -> tuple[Variant, ...]:
+    """Variants from a comparison file: a shipped name (``glyphs``) or a YAML path."""
+    from importlib import resources
+
+    import yaml
+
+    path = Path(source)
+    shipped = resources.files("reprlab") / "comparisons" / f"{source}.yaml"
+    if path.is_file():
+        text = path.read_text()
+    elif shipped.is_file():
+        text = shipped.read_text()
+    else:
+        raise ConfigError(f"bench methods: --comparison {source}: no such file or shipped comparison")
+    try:
+        entries = (yaml.safe_load(text) or {})["variants"]
+        return tuple(Variant(e["label"], e["preset"], tuple(e.get("overrides", ()))) for e in entries)
+    except (KeyError, TypeError, yaml.YAMLError):
+        raise ConfigError(
+            f"bench methods: --comparison {source}: expected 'variants:' with label, preset and optional overrides"
+        ) from None
 
 
 def parse_variant(text: str) -> Variant:
@@ -70,15 +82,17 @@ def run_comparison(
     for (variant, seed), cfg in configs.items():
         run_dir = output / variant.slug / f"seed{seed}"
         summary_file = run_dir / "summary.json"
-        start = time.perf_counter()
+        wall = None  # only for runs trained now
         if summary_file.is_file():
             summary = json.loads(summary_file.read_text())
         else:
             print(f"[reprlab] bench methods: {variant.label}, seed {seed} -> {run_dir}", flush=True)
+            start = time.perf_counter()
             summary = run_training(cfg, run_dir, resume=(run_dir / "config.yaml").is_file())
+            wall = time.perf_counter() - start
         rows.append({
             "variant": variant.label, "preset": variant.preset, "overrides": " ".join(variant.overrides),
-            "seed": seed, "selected_epoch": summary["selected_epoch"], "wall_s": time.perf_counter() - start,
+            "seed": seed, "selected_epoch": summary["selected_epoch"], "wall_s": wall,
             **{f"test/{k}": summary["test"][k] for k in REPORTED},
             **{f"initial/{k}": summary["initial"][k] for k in REPORTED},
         })
