@@ -98,6 +98,17 @@ class Context:
         """A seed derived from the experiment seed and ``parts`` (e.g. epoch, rank)."""
         return int(np.random.SeedSequence([self.cfg.experiment.seed, *parts]).generate_state(1)[0])
 
+    def write_artifact(self, name: str, data: bytes) -> None:
+        """Rank 0 writes ``data`` as ``name`` in the run directory (atomically: a reader never
+        sees half a file); other ranks and runs without a directory write nothing."""
+        if not self.is_main or self.run_dir is None:
+            return
+        path = Path(self.run_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
     # ---- data --------------------------------------------------------------------------------
     def iterations_per_epoch(self) -> int:
         d = self.cfg.data

@@ -76,8 +76,19 @@ class Method(ABC):
         ``method/<name>`` in the metrics table and on the dashboard."""
         return {}
 
+    def step_records(self) -> list[dict[str, Any]]:
+        """Records of finer-grained events since the last call (e.g. each teacher step of PADS:
+        reward, action statistics, distribution), kept in the epoch's row of the metrics table
+        as the list column ``steps``. Values: numbers or lists of numbers."""
+        return []
+
+    def steps_per_epoch(self) -> int:
+        """How many times one epoch calls ``train_step`` (default: the epoch's iterations; a
+        method whose step covers several iterations, like an environment step, says so)."""
+        return self.ctx.iterations_per_epoch()
+
     def images_per_step(self) -> int:
-        """Images one step consumes on this rank (throughput telemetry)."""
+        """Images one ``train_step`` consumes on this rank (throughput telemetry)."""
         return 0
 
     # ---- state ---------------------------------------------------------------------------

@@ -197,13 +197,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "time/eval_s": time.perf_counter() - t0 - t_train,
             "throughput/images_per_s": (iterations * method.images_per_step() * world / t_train) if epoch else 0.0,
         }
+        steps = method.step_records()
+        if steps:
+            row["steps"] = steps
         history.append(row)
         if rank == 0:
             write_metrics_table(run_dir / "metrics.parquet", history)
             say(_epoch_line(row, cfg))
             telemetry.epoch(row)
         store.save_and_report(
-            {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}, row
+            {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()},
+            {k: v for k, v in row.items() if k != "steps"},
         )
 
 
@@ -211,7 +215,7 @@ def _train_epoch(method, ctx: Context, epoch: int, telemetry: Telemetry) -> dict
     method.on_epoch_start(epoch)
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)  # a log may be missing on some steps (e.g. MIC's shared task)
-    total = ctx.iterations_per_epoch()
+    total = method.steps_per_epoch()
     every = ctx.cfg.train.log_every
     n, start = 0, time.perf_counter()
     for n, batch in enumerate(method.batches(epoch), start=1):
