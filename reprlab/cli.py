@@ -22,15 +22,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reprlab.platform.config import load_config
     from reprlab.platform.runner import run_training
+    from reprlab.platform.storage import check_writable, resolve
 
-    output = Path(args.output)
+    output = resolve(args.output)  # a local or mounted directory, or s3://bucket/prefix?options
     source = args.config
     if source is None:
+        if args.resume:
+            check_writable(output)
         stored = output / "config.yaml"
         source = stored if args.resume and stored.is_file() else DEFAULT_PRESET
-    cfg = load_config(source, args.overrides)
+    cfg = _load_train_config(source, args.overrides)
     print(f"[reprlab] {cfg.method.name} on {cfg.data.name}: {cfg.train.epochs} epochs, "
           f"{cfg.scaling.num_workers} worker(s), output {output}", flush=True)
     run_training(cfg, output, resume=args.resume)
@@ -38,11 +40,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_train_config(source, overrides: list[str]):
+    """``load_config`` of a preset, a local YAML, or a YAML in object storage (an s3:// URI, or
+    the stored config.yaml of a run there), read through a temporary local copy."""
+    import tempfile
+
+    from reprlab.platform.config import load_config
+    from reprlab.platform.errors import ConfigError
+    from reprlab.platform.storage import Location, is_uri, resolve
+
+    if not (isinstance(source, Location) or is_uri(source)):
+        return load_config(source, overrides)
+    loc = resolve(source, what="config")
+    if loc.is_local:
+        return load_config(loc.local_path, overrides)
+    try:
+        text = loc.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config: {loc}: no such file") from None
+    with tempfile.TemporaryDirectory(prefix="reprlab-config-") as tmp:
+        copy = Path(tmp) / loc.name
+        copy.write_text(text)
+        return load_config(copy, overrides)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from reprlab.platform.tuning import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)  # every mistake surfaces here, before Ray starts
-    output = Path(args.output or f"runs/tune/{sweep.spec.name}")
+    output = args.output or f"runs/tune/{sweep.spec.name}"  # a path or an s3:// URI (storage.py)
     summary = run_sweep(sweep, output, resume=args.resume)
     for trial, line in summary["errors"].items():
         print(f"reprlab: trial {trial} failed: {line}", file=sys.stderr)
@@ -101,6 +127,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "methods":
         return _bench_methods(args)
+    if args.what == "faults":
+        return _bench_faults(args)
     if args.what == "eval":
         from reprlab.platform.bench.eval_bench import bench_eval, format_eval_bench
 
@@ -139,13 +167,30 @@ def _bench_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_faults(args: argparse.Namespace) -> int:
+    import time
+
+    from reprlab.platform.bench import fault_bench as fb
+
+    output = Path(args.output or time.strftime("runs/bench-faults-%Y%m%d-%H%M%S"))
+    result = fb.bench_faults(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs,
+                             kill_after_epoch=args.kill_after_epoch, control=args.control,
+                             warmup=not args.no_warmup)
+    print(fb.format_fault_bench(result))
+    print("[reprlab] wrote {} and {}".format(*fb.write_results(result, output)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one experiment on Ray Train")
     _add_config_args(p)
-    p.add_argument("--output", default="runs/latest", help="run directory (default: runs/latest)")
+    p.add_argument("--output", default="runs/latest",
+                   help="run directory or object storage, e.g. s3://bucket/runs/x (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
@@ -153,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep file, e.g. tune_configs/divide_conquer_k_glyphs.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base experiment (repeatable)")
-    p.add_argument("--output", help="sweep directory (default: runs/tune/<sweep name>)")
+    p.add_argument("--output", help="sweep directory or s3://bucket/prefix (default: runs/tune/<sweep name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
     p.set_defaults(func=cmd_tune)
 
@@ -193,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", default="runs/bench-methods", help="where the runs go; finished runs are reused")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run (repeatable)")
+    b = bsub.add_parser("faults", help="cost of a worker failure and of per-epoch checkpoints (simulated 2-node cluster)")
+    _add_config_args(b)
+    b.add_argument("--epochs", type=int, default=6, help="epochs of each run (default: 6; wins over --set train.epochs)")
+    b.add_argument("--kill-after-epoch", type=int, default=3,
+                   help="kill a worker once the checkpoint of this epoch is registered (default: 3)")
+    b.add_argument("--control", action="store_true", help="also run the same kill with scaling.max_failures=0")
+    b.add_argument("--no-warmup", action="store_true", help="skip the one-iteration run that warms the cluster up")
+    b.add_argument("--output", help="directory for the runs and faults.json/.md (default: runs/bench-faults-TIME)")
     for b in bsub.choices.values():
         b.add_argument("--json", help="also write the result as JSON to this file")
     p.set_defaults(func=cmd_bench)

@@ -103,7 +103,8 @@ def test_sweep_file_parses_into_the_right_tune_objects(tmp_path):
         ({"space": {"method.bta": {"type": "float", "low": 0.5, "high": 1}}}, "space.method.bta: config: method.bta: unknown key"),
         ({"space": {"data.samples_per_class": {"type": "int", "low": 0, "high": 3}}}, "space.data.samples_per_class"),
         ({"space": {"method.num_clusters": {"type": "grid", "values": [2, 4]}}}, "type grid needs searcher grid"),
-        ({"metric": "val/accuracy"}, "metric: 'val/accuracy' is not val/<metric>"),
+        ({"metric": "val/accuracy"}, "metric: margin reports no 'val/accuracy'"),  # a classifier's metric
+        ({"metric": "accuracy"}, "metric: 'accuracy' is not val/<metric>"),
         ({"kfold": {"folds": 3}}, "ASHA cannot stop k-fold trials early"),
         ({"base": "nope/preset"}, "nope/preset: no such file or preset"),
         ({"overrides": ["optim.lr=-1"]}, "base: config: optim.lr"),

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from reprlab.platform.errors import ConfigError
 
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "p@1", "map@r")
-MetricName = Literal["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "p@1", "map@r"]
 
 
 class Section(BaseModel):
@@ -51,8 +50,17 @@ class GlyphsSection(Section):
     extra_font_dirs: list[str] = []
 
 
+class ColoredDigitsSection(Section):
+    """scikit-learn's 8 x 8 digits, upscaled and multiplied by a random color per image."""
+
+    size: int = Field(32, ge=8, le=256, description="rendered side in pixels")
+    seed: int = Field(0, ge=0, description="colors and the train/test split")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="per digit")
+    min_channel: float = Field(0.2, ge=0.0, lt=1.0, description="each color channel uniform in [min_channel, 1]")
+
+
 class DataSection(Section):
-    name: Literal["glyphs", "cub", "cars", "sop", "inshop", "vehicleid"] = "glyphs"
+    name: Literal["glyphs", "cub", "cars", "sop", "inshop", "vehicleid", "colored_digits"] = "glyphs"
     root: str | None = Field(None, description="data set directory (glyphs: cache directory)")
     image_size: int = Field(32, ge=8, le=1024)
     classes_per_batch: int = Field(32, ge=2, description="P: classes in one global batch")
@@ -63,6 +71,7 @@ class DataSection(Section):
     vehicleid_test_size: Literal[800, 1600, 2400] = 800
     validation: ValidationSection = ValidationSection()
     glyphs: GlyphsSection = GlyphsSection()
+    colored_digits: ColoredDigitsSection = ColoredDigitsSection()
 
     @property
     def batch_size(self) -> int:
@@ -93,7 +102,8 @@ class TrainSection(Section):
 
 class EvalSection(Section):
     batch_size: int = Field(256, ge=1)
-    selection_metric: MetricName = "map@r"
+    selection_metric: str | None = Field(
+        None, description="validation metric that picks the reported epoch (default: the method's; map@r for DML)")
     kmeans_niter: int = Field(20, ge=1)
 
 
@@ -189,6 +199,12 @@ def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, "", ExperimentConfig)) from None
     cfg.method.check_against(cfg)
+    metrics = method_cls.metric_names(cfg)
+    if cfg.eval.selection_metric is None:
+        cfg.eval.selection_metric = method_cls.selection_metric
+    elif cfg.eval.selection_metric not in metrics:
+        raise ConfigError(f"config: eval.selection_metric: {name} reports no {cfg.eval.selection_metric!r} "
+                          f"(metrics: {', '.join(metrics)})")
     return cfg
 
 

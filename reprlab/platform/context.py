@@ -14,8 +14,9 @@ import torch.nn as nn
 from reprlab.platform.config import ExperimentConfig
 from reprlab.platform.data import DataBundle, EvalSplit
 from reprlab.platform.data.pipeline import ArrayImages, make_dataset, make_loader, sequential_batches
-from reprlab.platform.data.sampler import ClassBalancedSampler, ClusterRoundRobinSampler
+from reprlab.platform.data.sampler import ClassBalancedSampler, ClusterRoundRobinSampler, shuffled_batches
 from reprlab.platform.data.types import ImageSet
+from reprlab.platform.storage import Location, resolve
 
 
 def _distributed() -> bool:
@@ -47,7 +48,7 @@ class Context:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    run_dir: Path | None = None
+    run_dir: Location | Path | None = None  # where the run's files go (see storage.py)
     _datasets: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -99,15 +100,12 @@ class Context:
         return int(np.random.SeedSequence([self.cfg.experiment.seed, *parts]).generate_state(1)[0])
 
     def write_artifact(self, name: str, data: bytes) -> None:
-        """Rank 0 writes ``data`` as ``name`` in the run directory (atomically: a reader never
-        sees half a file); other ranks and runs without a directory write nothing."""
+        """Rank 0 writes ``data`` as ``name`` in the run's storage (a local directory or object
+        storage; atomically: a reader never sees half a file); other ranks and runs without a
+        run directory write nothing."""
         if not self.is_main or self.run_dir is None:
             return
-        path = Path(self.run_dir) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        (resolve(self.run_dir) / name).write_bytes(data)
 
     # ---- data --------------------------------------------------------------------------------
     def iterations_per_epoch(self) -> int:
@@ -132,6 +130,14 @@ class Context:
             stream=stream,
             repeat_classes=repeat_classes,
         )
+
+    def shuffled_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) of plain shuffled global batches of ``data.batch_size`` (this rank's
+        slice of each), for methods that need no class balance."""
+        index = shuffled_batches(len(self.data.train), self.cfg.data.batch_size, self.iterations_per_epoch(),
+                                 epoch=epoch, seed=self.cfg.experiment.seed, rank=self.rank,
+                                 world_size=self.world_size)
+        return self.train_batches(index, epoch)
 
     def cluster_sampler(self, clusters: np.ndarray) -> ClusterRoundRobinSampler:
         """Class-balanced batches inside each cluster, the clusters taking turns."""
@@ -180,9 +186,12 @@ class Context:
             return np.concatenate([g for g in gathered if g.size])
         return local.numpy()
 
-    def evaluate_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor], split: str) -> dict[str, float]:
-        """Retrieval and clustering metrics of ``fn``'s embeddings on an evaluation split."""
-        from reprlab.platform.evaluation import compute_metrics
+    def evaluate_embeddings(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], split: str, *, class_geometry: bool = False
+    ) -> dict[str, float]:
+        """Retrieval and clustering metrics of ``fn``'s embeddings on an evaluation split;
+        ``class_geometry`` adds the mean intra- and inter-class distances of the query set."""
+        from reprlab.platform.evaluation import class_distances, compute_metrics
 
         es: EvalSplit = self.data.eval_splits[split]
         q = self.embed(fn, es.query)
@@ -198,4 +207,6 @@ class Context:
                 seed=self.cfg.experiment.seed,
                 use_gpu=None if self.device.type == "cuda" else False,
             )
+            if class_geometry:
+                metrics.update(class_distances(q, es.query.labels))
         return self.broadcast(metrics)

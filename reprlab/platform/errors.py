@@ -28,3 +28,7 @@ class CheckpointError(ReprlabError):
 
 class NonFiniteLossError(ReprlabError):
     """Training produced a NaN or infinite loss."""
+
+
+class StorageError(ReprlabError):
+    """Run storage (a local directory or an s3:// URI) cannot be resolved, reached or written."""

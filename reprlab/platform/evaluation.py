@@ -280,3 +280,27 @@ def _pairs(sizes: np.ndarray) -> int:
     """Number of unordered pairs inside groups of the given sizes."""
     sizes = sizes.astype(np.int64)
     return int(np.sum(sizes * (sizes - 1) // 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# class geometry (part of the PADS teacher's state)
+
+
+def class_distances(emb: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """``intra_distance``: mean Euclidean distance of a sample to its class centroid;
+    ``inter_distance``: mean distance between the centroids of two different classes.
+    Centroid-based, so O(N + C^2) instead of all N^2 pairs."""
+    emb = np.asarray(emb, np.float64)
+    _, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.ravel()
+    sizes = np.bincount(inverse)
+    centroids = np.zeros((len(sizes), emb.shape[1]))
+    np.add.at(centroids, inverse, emb)
+    centroids /= sizes[:, None]
+    intra = float(np.linalg.norm(emb - centroids[inverse], axis=1).mean())
+    if len(sizes) < 2:
+        return {"intra_distance": intra, "inter_distance": 0.0}
+    sq = (centroids**2).sum(1)
+    d2 = np.clip(sq[:, None] + sq[None, :] - 2 * centroids @ centroids.T, 0.0, None)
+    off = ~np.eye(len(sizes), dtype=bool)
+    return {"intra_distance": intra, "inter_distance": float(np.sqrt(d2[off]).mean())}

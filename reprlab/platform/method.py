@@ -15,11 +15,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from reprlab.platform.config import MethodConfig
+from reprlab.platform.config import METRIC_KEYS, MethodConfig
+from reprlab.platform.errors import ConfigError
 from reprlab.platform.registry import Registry
 
 if TYPE_CHECKING:
+    from reprlab.platform.config import ExperimentConfig
     from reprlab.platform.context import Context
+    from reprlab.platform.frozen import FrozenModel
 
 METHODS: Registry[type[Method]] = Registry("method", plugins="reprlab.methods")
 
@@ -40,9 +43,29 @@ class Method(ABC):
     description: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
 
+    # What the run's summary reports: ``eval.selection_metric`` defaults to ``selection_metric``
+    # (on val), ``best_test`` is the epoch with the best test ``headline_metric``; metrics named in
+    # ``lower_is_better`` are minimized (losses, distances). Retrieval metrics by default.
+    selection_metric: ClassVar[str] = "map@r"
+    headline_metric: ClassVar[str] = "recall@1"
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg.method
+
+    @classmethod
+    def metric_names(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
+        """The metrics ``evaluate`` returns under ``cfg`` (selection and sweep metrics are checked
+        against them before Ray starts)."""
+        return METRIC_KEYS
+
+    @classmethod
+    def frozen_model(cls, cfg: ExperimentConfig, attributes: dict[str, Any]) -> FrozenModel:
+        """The trained network of a finished run of this method, frozen, for methods that build on
+        it (IIN interprets its hidden representation). ``attributes``: the checkpoint's
+        ``state_dict()["attributes"]``."""
+        raise ConfigError(f"method {cls.name} does not export a frozen model to build on")
 
     # ---- what it trains and on what -------------------------------------------------------
     @abstractmethod

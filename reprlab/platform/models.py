@@ -160,3 +160,43 @@ class EmbeddingNet(nn.Module):
 
     def early_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.early_features(x)
+
+
+class VectorEncoder(nn.Module):
+    """A backbone and a linear layer: image -> a ``dim``-vector (a classifier's or an
+    autoencoder's hidden representation z)."""
+
+    def __init__(self, backbone: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_dim, dim)
+        self.out_dim = dim
+
+    def train(self, mode: bool = True) -> VectorEncoder:
+        super().train(mode)
+        keep_frozen_batchnorm_in_eval(self)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(x))
+
+
+class ConvDecoder(nn.Module):
+    """z -> image: a linear layer to ``4 width`` channels at size / 8, three stride-2 transposed
+    convolutions (BatchNorm, ReLU; without BatchNorm it learned shapes but not colors) and a 3 x 3
+    convolution to RGB, in the network-input (normalized) space."""
+
+    def __init__(self, dim: int, size: int, width: int = 32) -> None:
+        super().__init__()
+        if size % 8:
+            raise ConfigError(f"config: data.image_size: the decoder needs a multiple of 8, got {size}")
+        self.start = (width * 4, size // 8, size // 8)
+        self.fc = nn.Linear(dim, width * 4 * (size // 8) ** 2)
+        chans = [width * 4, width * 2, width, width]
+        layers: list[nn.Module] = [nn.ReLU()]
+        for c_in, c_out in zip(chans, chans[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(-1, *self.start))

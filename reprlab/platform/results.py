@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,48 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reprlab.platform.config import METRIC_KEYS
+from reprlab.platform.storage import Location, resolve
 
 
-def write_metrics_table(path: Path, rows: list[dict[str, float]]) -> None:
+def write_parquet(target: Path | str | Location, table: pa.Table) -> None:
+    """``table`` as one Parquet file in run storage (replaced whole: readers never see half)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    resolve(target).write_bytes(sink.getvalue().to_pybytes())
+
+
+def write_metrics_table(path: Path | str | Location, rows: list[dict[str, float]]) -> None:
     """All epochs so far as one Parquet table (rewritten atomically: readers never see half)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = pa.table({c: [row.get(c) for row in rows] for c in columns})
     epochs = pa.array([int(r["epoch"]) for r in rows], pa.int64())
     table = table.set_column(table.schema.get_field_index("epoch"), "epoch", epochs)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet(path, table)
 
 
-def read_metrics_table(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
+def read_metrics_table(path: Path | str | Location) -> list[dict[str, Any]]:
+    loc = resolve(path)
+    return pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
 
 
 def _split_metrics(row: dict[str, Any], split: str) -> dict[str, float]:
-    return {k: row[f"{split}/{k}"] for k in METRIC_KEYS if row.get(f"{split}/{k}") is not None}
+    """The split's metrics in the order the method reported them (retrieval: METRIC_KEYS)."""
+    prefix = f"{split}/"
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
 
 
 def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_metric: str) -> dict[str, Any]:
-    """``initial`` (epoch 0), ``test`` at the best validation epoch, ``best_test`` (best test
-    R@1 epoch, as the papers report), and the resolved ``config``."""
+    """``initial`` (epoch 0), ``test`` at the best validation epoch, ``best_test`` (the epoch with
+    the best test headline metric of the method, R@1 for DML, as the papers report), and the
+    resolved ``config``. Metrics the method minimizes (losses, distances) count lower as better."""
+    from reprlab.platform.method import METHODS
+
+    method = METHODS.get(config["method"]["name"])
+    sign = {m: -1.0 if m in method.lower_is_better else 1.0 for m in (selection_metric, method.headline_metric)}
     first, trained = rows[0], [r for r in rows if r["epoch"] > 0] or rows
     has_val = f"val/{selection_metric}" in first
-    chosen = max(trained, key=lambda r: r[f"val/{selection_metric}"]) if has_val else trained[-1]
-    best = max(trained, key=lambda r: r["test/recall@1"])
+    chosen = max(trained, key=lambda r: sign[selection_metric] * r[f"val/{selection_metric}"]) if has_val else trained[-1]
+    best = max(trained, key=lambda r: sign[method.headline_metric] * r[f"test/{method.headline_metric}"])
     return {
         "initial": _split_metrics(first, "test"),
         "test": _split_metrics(chosen, "test"),
@@ -52,10 +65,8 @@ def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_m
     }
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+def write_summary(path: Path | str | Location, summary: dict[str, Any]) -> None:
+    resolve(path).write_text(json.dumps(summary, indent=2))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -65,10 +76,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         (f"test @ epoch {summary['selected_epoch']} (by {summary['selection']})", summary["test"]),
         (f"best test (epoch {summary['best_test_epoch']})", summary["best_test"]),
     ]
-    keys = [k for k in METRIC_KEYS if k in summary["test"]]
+    keys = list(summary["test"])
+    cols = [max(8, len(k)) for k in keys]
+
+    def cell(k: str, m: dict[str, float], w: int) -> str:  # retrieval metrics in percent, others as they are
+        v = m.get(k, float("nan"))
+        return f"{100 * v:{w}.2f}" if k in METRIC_KEYS else f"{v:{w}.4g}"
+
     width = max(len(name) for name, _ in rows)
-    head = " " * width + "  " + "  ".join(f"{k:>8}" for k in keys)
-    lines = [head] + [
-        f"{name:<{width}}  " + "  ".join(f"{100 * m.get(k, float('nan')):8.2f}" for k in keys) for name, m in rows
-    ]
+    head = " " * width + "  " + "  ".join(f"{k:>{w}}" for k, w in zip(keys, cols))
+    lines = [head] + [f"{name:<{width}}  " + "  ".join(cell(k, m, w) for k, w in zip(keys, cols)) for name, m in rows]
     return "\n".join(lines)

@@ -5,17 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reprlab.platform.config import ExperimentConfig, dump_config
+import yaml
+
+from reprlab.platform.config import ExperimentConfig
 from reprlab.platform.data import load_bundle
 from reprlab.platform.errors import CheckpointError, ConfigError, ReprlabError
 from reprlab.platform.results import format_summary, make_summary, read_metrics_table, write_summary
+from reprlab.platform.storage import Location, check_writable, resolve
 from reprlab.platform.training import quiet_ray_logs, train_worker
 
 RAY_RUN_NAME = "train"
 
 
-def check_output_dir(output: Path, resume: bool) -> None:
+def check_output_dir(output: Path | str | Location, resume: bool) -> None:
     """A run directory is either new (no --resume) or holds a run (--resume): never mixed up."""
+    output = resolve(output)
     has_run = (output / "config.yaml").is_file()
     if has_run and not resume:
         raise ConfigError(
@@ -25,20 +29,33 @@ def check_output_dir(output: Path, resume: bool) -> None:
         raise CheckpointError(f"resume: {output} holds no run to resume (no config.yaml)")
 
 
+def write_config(cfg: ExperimentConfig, target: Path | str | Location) -> None:
+    """The resolved config as YAML, in run storage (what ``dump_config`` writes locally)."""
+    resolve(target).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 def make_trainer(
-    cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None, report: str = "train", trial: str = ""
+    cfg: ExperimentConfig, run_dir: Path | str | Location, callbacks: list | None = None, report: str = "train",
+    trial: str = "",
 ):
     """The TorchTrainer of one run (also what a Tune trial builds and fits). ``report``: how an
     in-process run reports (see ``CheckpointStore``); in a Tune trial it forwards to Tune itself,
-    as Ray Train's callbacks (TuneReportCallback) do not run in-process."""
+    as Ray Train's callbacks (TuneReportCallback) do not run in-process. The workers get the run
+    directory as a URI (object storage) or a path; Ray persists its checkpoints under ``RUN/ray``
+    on the same storage (``storage_filesystem`` for object storage)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    run = resolve(run_dir)
+    if run.is_local:
+        storage = {"storage_path": str(run.local_path / "ray")}
+    else:
+        storage = {"storage_path": (run / "ray").path, "storage_filesystem": run.fs}
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
     return TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "report": report,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": run.uri, "report": report,
                            "trial": trial},
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers,
@@ -47,7 +64,7 @@ def make_trainer(
         ),
         run_config=RunConfig(
             name=RAY_RUN_NAME,
-            storage_path=str(run_dir / "ray"),
+            **storage,
             failure_config=FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             callbacks=callbacks,
@@ -78,13 +95,15 @@ def ensure_ray(cfg: ExperimentConfig) -> None:
         ray.init(log_to_driver=True)
 
 
-def run_training(cfg: ExperimentConfig, output: Path, resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate every epoch, and write metrics.parquet, checkpoints and summary.json."""
-    output = output.expanduser().resolve()
+def run_training(cfg: ExperimentConfig, output: Path | str | Location, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate every epoch, and write metrics.parquet, checkpoints and summary.json into
+    ``output``: a local or mounted directory, or an object-storage URI (``storage.py``)."""
+    output = resolve(output)
+    check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
     check_output_dir(output, resume)
     load_bundle(cfg.data, cfg.experiment.seed)  # data problems surface here, before Ray starts
-    output.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, output / "config.yaml")
+    output.mkdir()
+    write_config(cfg, output / "config.yaml")
     quiet_ray_logs()
     ensure_ray(cfg)
     try:
@@ -99,7 +118,8 @@ def run_training(cfg: ExperimentConfig, output: Path, resume: bool = False) -> d
     return finish_run(cfg, output)
 
 
-def finish_run(cfg: ExperimentConfig, output: Path) -> dict[str, Any]:
+def finish_run(cfg: ExperimentConfig, output: Path | str | Location) -> dict[str, Any]:
+    output = resolve(output)
     rows = read_metrics_table(output / "metrics.parquet")
     summary = make_summary(rows, cfg.to_dict(), cfg.eval.selection_metric)
     write_summary(output / "summary.json", summary)

@@ -4,6 +4,7 @@ a printed leaderboard and ``params.png`` (the metric against each swept paramete
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from reprlab.platform.storage import Location, resolve
 
 if TYPE_CHECKING:
     from reprlab.platform.tuning import Sweep
@@ -94,7 +96,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def plot_parameters(board: list[dict[str, Any]], sweep: Sweep, path: Path) -> None:
+def plot_parameters(board: list[dict[str, Any]], sweep: Sweep, path: Path | str | Location) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,21 +124,24 @@ def plot_parameters(board: list[dict[str, Any]], sweep: Sweep, path: Path) -> No
         ax.legend(fontsize=7)
     fig.suptitle(f"{sweep.spec.name}: {len(board)} trials")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    resolve(path).write_bytes(png.getvalue())
 
 
-def collect_results(sweep: Sweep, output: Path, grid) -> dict[str, Any]:
-    from reprlab.platform.config import dump_config
+def collect_results(sweep: Sweep, output: Path | str | Location, grid) -> dict[str, Any]:
+    """Write the sweep's results into ``output`` (a local directory or object storage)."""
+    import pyarrow as pa
 
+    from reprlab.platform.results import write_parquet
+
+    output = resolve(output)
     spec = sweep.spec
     errors: dict[str, str] = {}
     rows = trial_rows(sweep, grid, errors)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     columns = list(dict.fromkeys(k for row in rows for k in row))  # union: epoch 0 has no train/loss
-    pq.write_table(pa.table({c: [row.get(c) for row in rows] for c in columns}), output / "trials.parquet")
+    write_parquet(output / "trials.parquet", pa.table({c: [row.get(c) for row in rows] for c in columns}))
     board = leaderboard(rows, spec.metric, spec.mode)
     summary: dict[str, Any] = {
         "trials": len({r["trial"] for r in rows}),
@@ -148,11 +153,10 @@ def collect_results(sweep: Sweep, output: Path, grid) -> dict[str, Any]:
         best = board[0]
         params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/")}
         cfg = sweep.trial_config(params)
-        dump_config(cfg, output / "best.yaml")
-        text = (output / "best.yaml").read_text()
         (output / "best.yaml").write_text(
             f"# best trial {best['trial']} of sweep {spec.name}: {spec.metric} = {best['value']:.4f} "
-            f"at epoch {best.get('epoch')}; run it with: reprlab train {output / 'best.yaml'}\n" + text
+            f"at epoch {best.get('epoch')}; run it with: reprlab train {output / 'best.yaml'}\n"
+            + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         )
         plot_parameters(board, sweep, output / "params.png")
         summary.update(best_trial=best["trial"], best_value=best["value"], best_params=params)

@@ -7,9 +7,11 @@ and the metrics history, and a ``ray.train.report`` (a barrier on every rank).
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,21 +28,26 @@ from reprlab.platform.data import load_bundle
 from reprlab.platform.errors import CheckpointError, NonFiniteLossError
 from reprlab.platform.method import METHODS
 from reprlab.platform.results import write_metrics_table
+from reprlab.platform.storage import Location, resolve
 from reprlab.platform.telemetry import Telemetry
 
 STATE_FILE = "state.pt"
+_EPOCH_DIR = re.compile(r"epoch_\d+")
 
 
 class CheckpointStore:
-    """Checkpoints under Ray Train (persisted by Ray, restored through ``get_checkpoint``) or,
-    in-process (``num_workers=0``, where Ray keeps checkpoints only in memory), in
-    ``RUN_DIR/checkpoints/epoch_NNNN``."""
+    """Checkpoints under Ray Train (persisted by Ray in the run's storage, restored through
+    ``get_checkpoint``) or, in-process (``num_workers=0``, where Ray keeps checkpoints only in
+    memory), in ``RUN/checkpoints/epoch_NNNN`` of the run's storage (a local or mounted directory,
+    or object storage: see ``storage.py``)."""
 
-    def __init__(self, run_dir: Path, in_process: bool, keep: int, rank: int, report: str = "train") -> None:
+    def __init__(self, run_dir: Path | str | Location, in_process: bool, keep: int, rank: int,
+                 report: str = "train") -> None:
         """``report``: where an in-process run reports each epoch: ``train`` (Ray Train), ``tune``
         (a Tune trial that runs the training itself) or ``none`` (inside a Tune trial that reports
         something else, e.g. the mean over k folds; Tune refuses ``ray.train.report`` there)."""
-        self.local_dir = run_dir / "checkpoints"
+        self.run = resolve(run_dir)
+        self.dir = self.run / "checkpoints"
         self.in_process, self.keep, self.rank, self.report = in_process, keep, rank, report
 
     def latest(self) -> dict[str, Any] | None:
@@ -50,41 +57,34 @@ class CheckpointStore:
         import ray.train
 
         if self.in_process:
-            paths = sorted(self.local_dir.glob(f"epoch_*/{STATE_FILE}"), reverse=True) if self.local_dir.is_dir() else []
+            candidates = _epoch_dirs(self.dir)
         else:
             ckpt = ray.train.get_checkpoint()
             if ckpt is None:
                 return None
-            with ckpt.as_directory() as d:
-                newest = Path(d) / STATE_FILE
-                try:
-                    return _load_state(newest)
-                except CheckpointError as exc:
-                    error = exc
-            # older checkpoints of this run, where the storage is a local or mounted path
-            here = Path(ckpt.path)
-            paths = [p for p in sorted(here.parent.glob(f"epoch_*/{STATE_FILE}"), reverse=True)
-                     if p.parent.name < here.name]
-            self._fell_back(error, paths)
-        for i, path in enumerate(paths):
+            # Ray's newest, then the older checkpoints of this run beside it (on Ray's storage:
+            # a local or mounted path, or object storage)
+            here = Location(ckpt.filesystem, ckpt.path, self.run.scheme, self.run.query, self.run.userinfo)
+            candidates = [here] + [d for d in _epoch_dirs(here.parent) if d.name < here.name]
+        for i, ckpt_dir in enumerate(candidates):
             try:
-                return _load_state(path)
+                return _load_state(ckpt_dir / STATE_FILE)
             except CheckpointError as exc:
-                self._fell_back(exc, paths[i + 1 :])
-        if paths or not self.in_process:
+                self._fell_back(exc, candidates[i + 1 :])
+        if candidates or not self.in_process:
             raise CheckpointError("checkpoint: no readable checkpoint is left to resume from")
         return None
 
-    def _fell_back(self, exc: CheckpointError, older: list[Path]) -> None:
+    def _fell_back(self, exc: CheckpointError, older: list[Location]) -> None:
         if self.rank == 0:
-            say(f"[reprlab] {exc}; " + (f"falling back to {older[0].parent.name}" if older else "no older checkpoint"))
+            say(f"[reprlab] {exc}; " + (f"falling back to {older[0].name}" if older else "no older checkpoint"))
 
     def save_and_report(self, state: dict[str, Any], metrics: dict[str, float]) -> None:
         import ray.train
 
         if self.in_process:
             if self.rank == 0:
-                self._save_local(state)
+                self._save(state)
             if self.report == "tune":
                 import ray.tune
 
@@ -106,21 +106,34 @@ class CheckpointStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _save_local(self, state: dict[str, Any]) -> None:
-        final = self.local_dir / f"epoch_{state['epoch']:04d}"
-        tmp = self.local_dir / f".tmp_epoch_{state['epoch']:04d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(state, tmp / STATE_FILE)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(self.local_dir.glob("epoch_*"))[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _save(self, state: dict[str, Any]) -> None:
+        name = f"epoch_{state['epoch']:04d}"
+        if self.dir.is_local:  # a directory renamed into place: complete or absent
+            local = self.dir.local_path
+            final, tmp = local / name, local / f".tmp_{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            torch.save(state, tmp / STATE_FILE)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        else:  # staged locally, then one object: it appears (or replaces one) only once uploaded
+            with tempfile.TemporaryDirectory(prefix="reprlab-ckpt-") as tmp:
+                torch.save(state, Path(tmp) / STATE_FILE)
+                (self.dir / name).upload(Path(tmp))
+        for old in _epoch_dirs(self.dir)[self.keep :]:
+            old.delete()
 
 
-def _load_state(path: Path) -> dict[str, Any]:
+def _epoch_dirs(parent: Location) -> list[Location]:
+    """The ``epoch_NNNN`` checkpoint directories under ``parent``, newest first."""
+    return [parent / n for n in reversed(parent.listdir()) if _EPOCH_DIR.fullmatch(n)]
+
+
+def _load_state(path: Location) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if path.is_local:
+            return torch.load(path.path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {reason}") from None
@@ -159,7 +172,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every training worker (``train_loop_per_worker`` of the TorchTrainer)."""
     quiet_ray_logs()
     cfg = parse_config(loop_config["config"])
-    run_dir = Path(loop_config["run_dir"])
+    run_dir = resolve(loop_config["run_dir"])  # a local path or a URI: workers may be on other nodes
     rank, world, device = _worker_identity(cfg)
     torch.manual_seed(cfg.experiment.seed)
     if device.type == "cpu":
@@ -183,7 +196,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             say(f"[reprlab] resumed from the checkpoint of epoch {state['epoch']}")
 
     for epoch in range(start, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         train_logs = _train_epoch(method, ctx, epoch, telemetry) if epoch > 0 else {}
         iterations = int(train_logs.pop("_iterations", 0))
         t_train = time.perf_counter() - t0
@@ -195,6 +208,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             **evals,
             "time/train_s": t_train,
             "time/eval_s": time.perf_counter() - t0 - t_train,
+            # wall clock (Unix seconds) at the epoch's start: the time between two epochs' starts
+            # minus train and eval is the checkpoint save + report (see `reprlab bench faults`)
+            "time/started_at": started_at,
             "throughput/images_per_s": (iterations * method.images_per_step() * world / t_train) if epoch else 0.0,
         }
         steps = method.step_records()
@@ -246,6 +262,8 @@ def _epoch_line(row: dict[str, float], cfg: ExperimentConfig) -> str:
     for split in ("val", "test"):
         if f"{split}/recall@1" in row:
             parts.append(f"{split} R@1 {100 * row[f'{split}/recall@1']:.1f} MAP@R {100 * row[f'{split}/map@r']:.1f}")
+        elif f"{split}/{cfg.eval.selection_metric}" in row:  # methods other than retrieval
+            parts.append(f"{split} {cfg.eval.selection_metric} {row[f'{split}/{cfg.eval.selection_metric}']:.4g}")
     if row["throughput/images_per_s"]:
         parts.append(f"{row['throughput/images_per_s']:.0f} img/s")
     return "[reprlab] " + " | ".join(parts)

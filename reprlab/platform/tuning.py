@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -27,11 +28,12 @@ from reprlab.platform.config import (
     METRIC_KEYS,
     ExperimentConfig,
     apply_overrides,
-    dump_config,
     parse_config,
     read_yaml,
 )
 from reprlab.platform.errors import ConfigError
+from reprlab.platform.method import METHODS
+from reprlab.platform.storage import Location, check_writable, resolve
 
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
@@ -119,9 +121,9 @@ class SweepSpec(_Spec):
             if bad:
                 raise ValueError(f"space.{bad[0]}: type grid needs searcher grid or random (Optuna samples)")
         split, _, key = self.metric.partition("/")
-        if not (split in ("val", "test") and key in METRIC_KEYS) and self.metric != "train/loss":
+        if not (split in ("val", "test") and key) and self.metric != "train/loss":  # names: see load_sweep
             raise ValueError(f"metric: {self.metric!r} is not val/<metric>, test/<metric> or train/loss "
-                             f"(metrics: {', '.join(METRIC_KEYS)})")
+                             f"(retrieval metrics: {', '.join(METRIC_KEYS)})")
         if self.kfold and not self.metric.startswith("val/"):
             raise ValueError("metric: k-fold validation averages a val/ metric over the folds")
         if self.kfold and self.scheduler.name == "asha":
@@ -135,7 +137,7 @@ class Sweep:
 
     def __init__(self, spec: SweepSpec, base: dict[str, Any], source: Path | None) -> None:
         self.spec, self.base, self.source = spec, base, source
-        self.output: Path | None = None  # set by run_sweep; trials write under OUTPUT/trials
+        self.output: str | None = None  # set by run_sweep (a path or URI); trials write under OUTPUT/trials
 
     def trial_config(self, params: dict[str, Any], fold: int | None = None) -> ExperimentConfig:
         """The experiment of one trial: the base with ``params`` (dotted keys) set."""
@@ -184,9 +186,13 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         base_raw = read_yaml(local if local.is_file() else spec.base)
     base_raw = apply_overrides(base_raw, [*spec.overrides, *(overrides or []), *experiment_overrides(spec)])
     try:
-        parse_config(copy.deepcopy(base_raw))
+        base_cfg = parse_config(copy.deepcopy(base_raw))
     except ConfigError as exc:
         raise ConfigError(f"sweep: {path.name}: base: {exc}") from None
+    metrics = METHODS.get(base_cfg.method.name).metric_names(base_cfg)
+    if spec.metric != "train/loss" and spec.metric.partition("/")[2] not in metrics:
+        raise ConfigError(f"sweep: {path.name}: metric: {base_cfg.method.name} reports no {spec.metric!r} "
+                          f"(metrics: {', '.join(metrics)})")
     sweep = Sweep(spec, base_raw, path)
     for key, param in spec.space.items():  # every key and every value kind must fit the config
         for value in param.samples():
@@ -277,20 +283,19 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from reprlab.platform.results import make_summary, read_metrics_table, write_summary
-    from reprlab.platform.runner import make_trainer
+    from reprlab.platform.runner import make_trainer, write_config
 
     trial_id = ray.tune.get_context().get_trial_id()
-    run_root = Path(sweep.output) / TRIALS_DIR / trial_id
-    run_root.mkdir(parents=True, exist_ok=True)
-    with open(run_root / "attempts.log", "a") as f:  # one line per (re)start of this trial
-        f.write(f"{time.time():.3f}\n")
+    run_root = resolve(sweep.output) / TRIALS_DIR / trial_id  # a path, or a URI in object storage
+    run_root.mkdir()
+    (run_root / "attempts.log").append_text(f"{time.time():.3f}\n")  # one line per (re)start of this trial
     (run_root / "params.json").write_text(json.dumps(params, default=str))
     folds = [None] if sweep.spec.kfold is None else list(range(sweep.spec.kfold.folds))
     for fold in folds:
         cfg = sweep.trial_config(params, fold)
         run_dir = run_root if fold is None else run_root / f"fold{fold}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
+        run_dir.mkdir()
+        write_config(cfg, run_dir / "config.yaml")
         forward = fold is None
         in_process = cfg.scaling.num_workers == 0
         if forward:
@@ -306,14 +311,17 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
             ray.tune.report({k: sum(r[k] for r in rows) / len(rows) for k in keys})
 
 
-def replay_reports(run_dir: Path) -> None:
+def replay_reports(run_dir: Path | str | Location) -> None:
     """A restarted trial resumes its run from the last checkpoint; Tune, which restarts the trial
     function from scratch, first hears again the epochs that checkpoint covers."""
     import ray.tune
 
     from reprlab.platform.results import read_metrics_table
 
-    epochs = [int(p.parent.name.removeprefix("epoch_")) for p in run_dir.glob("**/epoch_*/state.pt")]
+    run_dir = resolve(run_dir)
+    states = [f.split("/")[-2:] for f in run_dir.walk()]  # (in-process or Ray's) epoch_NNNN/state.pt
+    epochs = [int(d.removeprefix("epoch_")) for d, name in (s for s in states if len(s) == 2)
+              if name == "state.pt" and re.fullmatch(r"epoch_\d+", d)]
     if not epochs or not (run_dir / "metrics.parquet").is_file():
         return
     for row in read_metrics_table(run_dir / "metrics.parquet"):
@@ -324,7 +332,7 @@ def replay_reports(run_dir: Path) -> None:
 # ---- driver --------------------------------------------------------------------------------------
 
 
-def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any]:
+def run_sweep(sweep: Sweep, output: Path | str | Location, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep; write trials.parquet, best.yaml, the leaderboard and the plot."""
     import ray
     from ray import tune
@@ -332,7 +340,8 @@ def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any
     from reprlab.platform.data import load_bundle
     from reprlab.platform.training import quiet_ray_logs
 
-    output = output.expanduser().resolve()
+    output = resolve(output)  # a local or mounted directory, or s3://bucket/prefix?options
+    check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
     exp_dir = output / TUNE_DIR
     if resume and not exp_dir.is_dir():
         raise ConfigError(f"tune: {output} holds no sweep to resume")
@@ -340,18 +349,21 @@ def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any
         raise ConfigError(f"tune: {output} already holds a sweep; pass --resume to continue it, or choose another --output")
     first = sweep.trial_config({}, 0 if sweep.spec.kfold else None)
     load_bundle(first.data, first.experiment.seed)  # data problems surface here, before Ray starts
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir()
     if sweep.source is not None and not resume:
         (output / "sweep.yaml").write_text(sweep.source.read_text())
     spec = sweep.spec
-    sweep.output = output
+    sweep.output = output.uri
+    # Tune's experiment state on the same storage (object storage: through its filesystem)
+    fs = None if output.is_local else output.fs
     quiet_ray_logs()
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep), trial_resources(spec))
     if resume:
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         epochs = sweep.epochs
         tuner = tune.Tuner(
@@ -362,7 +374,7 @@ def run_sweep(sweep: Sweep, output: Path, resume: bool = False) -> dict[str, Any
                 search_alg=search_algorithm(spec), scheduler=scheduler(spec, epochs),
                 max_concurrent_trials=max_concurrent(spec, ray.cluster_resources()),
             ),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(output), verbose=1),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.path, storage_filesystem=fs, verbose=1),
         )
     grid = tuner.fit()
     from reprlab.platform.sweep_results import collect_results

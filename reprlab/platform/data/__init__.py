@@ -57,6 +57,11 @@ def data_root(cfg: DataSection) -> Path:
 
 def load_benchmark(cfg: DataSection) -> Benchmark:
     """Read (and for glyphs build or reuse) the data set named in ``cfg``."""
+    if cfg.name == "colored_digits":  # rendered from digits that ship with scikit-learn: no root
+        from reprlab.platform.data.colored_digits import load_colored_digits
+
+        c = cfg.colored_digits
+        return load_colored_digits(c.size, c.seed, c.test_fraction, c.min_channel)
     root = data_root(cfg)
     if cfg.name == "glyphs":
         from reprlab.platform.data.glyphs import load_glyphs
@@ -91,3 +96,22 @@ def make_bundle(bench: Benchmark, cfg: DataSection, seed: int) -> DataBundle:
 
 def load_bundle(cfg: DataSection, seed: int) -> DataBundle:
     return make_bundle(load_benchmark(cfg), cfg, seed)
+
+
+def pair_source_class(cfg: DataSection):
+    """The class that draws pairs of images sharing known factors (IIN's concept pairs) for the
+    data set in ``cfg``, or None. It has ``factors`` (names), ``target_kinds`` (what probes predict
+    per target: ``class`` or ``value``), ``targets(images)``, and its instances (one per ImageSet)
+    ``sample(n, rng[, factor]) -> (pixels1, pixels2, shared)``."""
+    if cfg.name == "colored_digits":
+        from reprlab.platform.data.colored_digits import ColoredDigitPairs
+
+        return ColoredDigitPairs
+    return None
+
+
+def pair_source(cfg: DataSection, images: ImageSet):
+    cls = pair_source_class(cfg)
+    if cls is None:
+        raise DataError(f"data: {cfg.name} has no factor pairs (data sets with pairs: colored_digits)")
+    return cls(images, cfg.colored_digits.size, cfg.colored_digits.min_channel)

@@ -34,6 +34,29 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, degrees=8.0, scale=(0.9
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def to_unit(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 N x H x W x C pixels -> float N x 3 x size x size in [0, 1]."""
+    x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def normalize_pixels(pixels: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 N x H x W x C pixels -> the network input every loader produces (resized, normalized)."""
+    x = to_unit(torch.as_tensor(np.ascontiguousarray(pixels)), size)
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """Network input (or a decoder's output in that space) -> RGB in [0, 1] for figures."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
 class ArrayImages(Dataset):
     """Batched access to in-memory uint8 pixels, resized to ``size``, optionally augmented."""
 
@@ -52,11 +75,7 @@ class ArrayImages(Dataset):
 
     def __getitems__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
-        x = self.pixels[idx].permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = to_unit(self.pixels[idx], self.size)
         if self.augment:
             x = random_affine(x, self.gen)
         return (x - self.mean) / self.std, idx

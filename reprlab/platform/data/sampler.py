@@ -133,3 +133,17 @@ class ClusterRoundRobinSampler:
         which = turn % len(self.order)
         stacked = np.stack(per_cluster)  # (clusters, turns, P/W * M)
         return stacked[which, turn // len(self.order)], np.asarray(self.order)[which]
+
+
+def shuffled_batches(n: int, batch_size: int, iterations: int, *, epoch: int, seed: int, rank: int = 0,
+                     world_size: int = 1) -> np.ndarray:
+    """Plain shuffled batches (classifiers, autoencoders): ``iterations`` global batches of
+    ``batch_size`` from permutations of range(n) seeded by (seed, epoch), identical on every rank;
+    rank r takes the r-th contiguous slice of each. Shape: iterations x batch_size / world_size."""
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by {world_size} workers")
+    rng = np.random.default_rng([seed, epoch, 0x5BF])
+    need = iterations * batch_size
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])[:need]
+    per = batch_size // world_size
+    return order.reshape(iterations, world_size, per)[:, rank]
