@@ -285,3 +285,189 @@ def test_iin_presets_parse_and_the_paper_preset_has_the_papers_settings(first_st
     m = paper.method
     assert (m.blocks, m.width, m.depth, m.rho, m.betas, m.lr_decay) == (12, 512, 2, 0.975, (0.5, 0.9), "linear")
     assert paper.data.batch_size == 25 and paper.optim.lr == 1.125e-4 and paper.eval.selection_metric == "nll"
+
+
+# ---- DML first stages, glyph concepts and sketched concepts ------------------------------------------------
+def test_every_dml_method_exports_its_evaluated_embedding():
+    from reprlab.platform.config import preset_names
+    from reprlab.platform.embedding import EmbeddingMethod
+    from reprlab.platform.method import METHODS
+
+    sets = ["data.image_size=16", "model.width=8", "model.embed_dim=16"]
+    names = [n.split("/")[0] for n in preset_names() if n.endswith("/glyphs")]
+    dml = [n for n in names if issubclass(METHODS.get(n), EmbeddingMethod)]
+    assert {"margin", "divide_conquer", "mic", "sharing", "pads"} <= set(dml)
+    x = torch.randn(3, 3, 16, 16)
+    for name in dml:
+        cls = METHODS.get(name)
+        cfg = load_config(f"{name}/glyphs", sets)
+        net = cls.network(cfg)
+        frozen = cls.frozen_model(cfg, {"net": {f"module.{k}": v for k, v in net.state_dict().items()}})
+        net.eval()
+        from reprlab.platform.embedding import evaluated_embedding
+
+        expected = evaluated_embedding(net(x), cls.evaluated_heads(cfg))
+        z = frozen.encode(x)
+        assert frozen.kind == "embedding" and frozen.head is None and frozen.decoder is None, name
+        assert torch.allclose(z, expected, atol=1e-6), name
+        assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5), name  # z: the normalized embedding
+        assert not any(p.requires_grad for p in frozen.parameters()), name
+    mic = load_config("mic/glyphs", [*sets, "method.evaluate=concat"])
+    assert METHODS.get("mic").evaluated_heads(mic) == ("class", "shared")
+    assert METHODS.get("mic").frozen_model(mic, {"net": METHODS.get("mic").network(mic).state_dict()}).encode(x).shape == (3, 32)
+    with pytest.raises(ConfigError, match="margin: the checkpoint does not fit its config"):
+        METHODS.get("margin").frozen_model(load_config("margin/glyphs", sets), {"net": {"backbone.x": torch.zeros(1)}})
+
+
+def test_glyph_pairs_share_exactly_the_declared_concepts(tiny):
+    from reprlab.platform.data import load_bundle, pair_source
+    from reprlab.platform.data.pairs import GlyphPairs, MetadataPairs
+
+    cfg = load_config(None, tiny)
+    train = load_bundle(cfg.data, 0).train
+    pairs = pair_source(cfg.data, train, all_but=0.4)
+    assert isinstance(pairs, GlyphPairs) and pairs.factors == ("character", "weight", "slant")
+    d = pairs.draw(3000, np.random.default_rng(0))
+    t = GlyphPairs.targets(train)
+    same = np.stack([np.asarray(t[f])[d["first"]] == np.asarray(t[f])[d["second"]] for f in pairs.factors], 1)
+    assert np.array_equal(same, d["shared"][:, :3]), "a pair shares exactly its declared factors, differs in the rest"
+    assert not d["shared"][:, 3].any() and (d["first"] != d["second"]).all()
+    counts = d["shared"][:, :3].sum(1)
+    assert set(np.unique(counts)) == {1, 2} and 0.3 < (counts == 2).mean() < 0.5  # all-but-k pairs: ~40%
+    for k in range(3):  # every single concept and every "all but k" occurs
+        assert (d["shared"][:, k] & (counts == 1)).any() and (~d["shared"][:, k] & (counts == 2)).any()
+    p1, p2, shared = pairs.sample(64, np.random.default_rng(1), factor=np.full(64, ~0))  # all but character
+    assert p1.shape == (64, 16, 16, 1) and p1.dtype == np.uint8 and (shared[:, :3] == [False, True, True]).all()
+    again = pairs.draw(3000, np.random.default_rng(0))
+    assert np.array_equal(again["second"], d["second"]), "a function of the generator"
+    # a pattern no two images satisfy is never drawn, and asking for it fails
+    images = train.subset(np.arange(4))
+    only = MetadataPairs(images, np.array([[0, 0], [0, 1], [1, 0], [1, 0]]))
+    assert sorted(only.patterns) == [0, 1]  # two factors: "all but k" is "only the other"
+    odd = MetadataPairs(images, np.array([[0, 0], [0, 0], [1, 0], [1, 0]]))
+    assert list(odd.patterns) == [1] and (odd.draw(50, np.random.default_rng(0))["shared"][:, 1]).all()
+    with pytest.raises(ValueError, match="no pair of images fits"):
+        odd.draw(5, np.random.default_rng(0), factor=np.zeros(5, int))
+
+
+def test_sketch_renderings_vary_in_appearance_and_keep_the_drawing(tmp_path):
+    from PIL import Image
+
+    from reprlab.platform.data.sketch import SketchPairs, shipped_sketches
+
+    assert "closed_loop" in shipped_sketches()
+    sk = SketchPairs.load("closed_loop", 32)
+    assert sk.factors == ("closed_loop",) and sk.masks.shape == (2, 16, 16) and sk.probes == "rendered"
+    assert (sk.masks[1] >= sk.masks[0]).all() and (sk.masks[1] > sk.masks[0]).sum() >= 8  # the gap
+    n = 64
+    open_, closed = (sk.render(np.full(n, w), np.random.default_rng(5)) for w in (0, 1))
+    assert open_.shape == (n, 32, 32, 3) and open_.dtype == np.uint8
+    # the same appearance (generator) on both drawings: images differ only by the closed gap's ink
+    diff = closed.astype(int) - open_.astype(int)
+    assert (diff >= 0).all() and (diff.reshape(n, -1).max(1) > 10).all()
+    assert np.array_equal(open_, sk.render(np.zeros(n, int), np.random.default_rng(5)))  # reproducible
+    other = sk.render(np.zeros(n, int), np.random.default_rng(6))  # the same drawing, new appearances
+    assert np.abs(other.astype(int) - open_.astype(int)).mean() > 20
+    colors = open_.reshape(n, -1, 3).max(1)
+    assert colors.std(0).min() > 20, "random colors"
+    ink = (open_.max(3) > open_.reshape(n, -1, 3).min(1).max(1)[:, None, None] + 60).reshape(n, -1).sum(1)
+    assert ink.std() > 0.1 * ink.mean(), "random scale and stroke thickness"
+    d = sk.draw(1000, np.random.default_rng(0))
+    assert np.array_equal(d["shared"][:, 0], d["first"] == d["second"]) and not d["shared"][:, 1].any()
+    assert 0.4 < d["shared"][:, 0].mean() < 0.6
+    pixels, targets = sk.rendered(10, np.random.default_rng(0))
+    assert pixels.shape == (10, 32, 32, 3) and list(targets["closed_loop"]) == [0, 1] * 5
+    # drawings as image files next to the YAML
+    for name, side in (("a", 10), ("b", 10)):
+        img = np.zeros((side, side), np.uint8)
+        img[2:8, 2 if name == "a" else 5] = 255
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+    (tmp_path / "bar.yaml").write_text("concept: bar_position\ndrawings: {left: a.png, right: b.png}\n")
+    bar = SketchPairs.load(str(tmp_path / "bar.yaml"), 16)
+    assert bar.masks.shape == (2, 10, 10) and bar.render(np.array([0, 1]), np.random.default_rng(0)).shape == (2, 16, 16, 3)
+
+
+def test_bad_sketches_are_one_config_line(tmp_path, tiny, glyph_margin):
+    from reprlab.platform.data.sketch import SketchPairs
+
+    def sketch(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    cases = {
+        str(tmp_path / "missing.yaml"): "no such sketch file",
+        sketch("three.yaml", "concept: c\ndrawings: {a: '#.', b: '.#', c: '##'}\n"): "exactly two drawings",
+        sketch("one.yaml", "concept: c\ndrawings: {a: '#.'}\n"): "exactly two drawings",
+        sketch("sizes.yaml", "concept: c\ndrawings: {a: '#.', b: '.#.'}\n"): r"differ in size \(1x2 and 1x3\)",
+        sketch("nofile.yaml", "concept: c\ndrawings: {a: a.png, b: b.png}\n"): r"drawing 'a': .*a.png: no such file",
+        sketch("chars.yaml", "concept: c\ndrawings: {a: '#x', b: '.#'}\n"): "ASCII drawings use",
+        sketch("same.yaml", "concept: c\ndrawings: {a: '#.', b: '#.'}\n"): "identical",
+        sketch("name.yaml", "concept: residual\ndrawings: {a: '#.', b: '.#'}\n"): "concept must be",
+        sketch("keys.yaml", "drawings: {a: '#.', b: '.#'}\n"): "expected the keys",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=message) as err:
+            SketchPairs.load(path, 16)
+        assert "\n" not in str(err.value) and str(err.value).startswith("config: method.sketch: ")
+    base = [*tiny, *GLYPH_IIN, f"method.first_stage={glyph_margin}"]
+    with pytest.raises(ConfigError, match="method.sketch: .*differ in size"):
+        load_config(None, [*base, "method.pairs=sketch", f"method.sketch={tmp_path / 'sizes.yaml'}"])
+    with pytest.raises(ConfigError, match="method.pairs=sketch needs a sketch"):
+        load_config(None, [*base, "method.pairs=sketch"])
+    with pytest.raises(ConfigError, match="only read with method.pairs=sketch"):
+        load_config(None, [*base, "method.sketch=closed_loop"])
+    cfg = load_config(None, [*base, "method.pairs=sketch", "method.sketch=closed_loop"])
+    from reprlab.platform.method import METHODS
+
+    assert "closed_loop_acc_from_closed_loop" in METHODS.get("iin").metric_names(cfg)
+
+
+GLYPH_IIN = ["method.name=iin", "method.blocks=2", "method.width=16", "method.size_pairs=50", "method.probe_images=40",
+             "data.classes_per_batch=4", "data.samples_per_class=4", "data.augment=false", "train.epochs=1",
+             "scaling.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def glyph_margin(tiny, tmp_path_factory):
+    """A finished tiny margin run on glyphs (in-process): a DML first stage."""
+    from reprlab.platform.runner import run_training
+
+    run = tmp_path_factory.mktemp("glyph_margin") / "margin"
+    run_training(load_config(None, [*tiny, "method.name=margin", "train.epochs=1", "data.iterations_per_epoch=40",
+                                    "scaling.num_workers=0"]), run)
+    return run
+
+
+def test_iin_interprets_a_dml_embedding_with_glyph_and_sketched_concepts(tiny, glyph_margin, tmp_path):
+    from reprlab.platform.data import load_bundle
+    from reprlab.platform.data.pipeline import normalize_pixels
+    from reprlab.platform.evaluation import compute_metrics
+    from reprlab.platform.frozen import load_frozen
+    from reprlab.platform.runner import run_training
+
+    # the frozen first stage is exactly the network the margin run evaluated (its last epoch)
+    frozen, mcfg = load_frozen(glyph_margin, "method.first_stage")
+    test = load_bundle(mcfg.data, 0).eval_splits["test"].query
+    with torch.no_grad():
+        z = frozen.encode(normalize_pixels(test.pixels, 16)).numpy()
+    again = compute_metrics(z, test.labels, None, None, kmeans_niter=mcfg.eval.kmeans_niter, seed=0, use_gpu=False)
+    assert again["recall@1"] == pytest.approx(_rows(glyph_margin)[-1]["test/recall@1"], abs=1e-6)
+
+    out = tmp_path / "iin"
+    summary = run_training(load_config(None, [*tiny, *GLYPH_IIN, f"method.first_stage={glyph_margin}",
+                                              "method.all_but=0.3"]), out)
+    parts = ("character", "weight", "slant", "residual")
+    sizes = [_rows(out)[-1][f"method/size_{p}"] for p in parts]
+    assert sum(sizes) == 16 and min(sizes) >= 1
+    for target in parts[:3]:
+        for p in parts:
+            assert 0.0 <= summary["test"][f"{target}_acc_from_{p}"] <= 1.0, (target, p)
+    # the embedding was trained to tell characters apart: its character factor says which character
+    # far better than chance (the test split: 20+ classes, probes on two halves of it)
+    assert summary["test"]["character_acc_from_character"] > 2 / len(np.unique(test.labels))
+    assert "response_std_character" not in summary["test"]  # an embedding has no classifier head
+
+    sk = run_training(load_config(None, [*tiny, *GLYPH_IIN, f"method.first_stage={glyph_margin}",
+                                         "method.pairs=sketch", "method.sketch=closed_loop"]), tmp_path / "sketch")
+    assert set(sk["test"]) >= {"nll", "closed_loop_acc_from_closed_loop", "closed_loop_acc_from_residual"}
+    assert 0.0 <= sk["test"]["closed_loop_acc_from_closed_loop"] <= 1.0

@@ -100,11 +100,16 @@ class DivideConquer(EmbeddingMethod):
     description = "Divide & Conquer (CVPR 2019): K clusters of the data, each trains its own embedding slice"
     Config = DivideConquerConfig
 
+    @classmethod
+    def network(cls, cfg) -> DivideConquerNet:
+        backbone = build_backbone(cfg.model)
+        m = cfg.method
+        learners = Learners(backbone.out_dim, cfg.model.embed_dim, m.num_clusters, m.masks)
+        return DivideConquerNet(backbone, {"learners": learners})
+
     def build(self) -> None:
-        cfg, model_cfg = self.cfg, self.ctx.cfg.model
-        backbone = build_backbone(model_cfg)
-        heads = {"learners": Learners(backbone.out_dim, model_cfg.embed_dim, cfg.num_clusters, cfg.masks)}
-        self.build_network(DivideConquerNet(backbone, heads), partial=not cfg.masks)
+        cfg = self.cfg
+        self.build_network(partial=not cfg.masks)
         n = self.ctx.data.num_classes
         self.criteria = nn.ModuleList(self.margin_criterion(n) for _ in range(cfg.num_clusters + 1))  # last: conquer
         learners = self.model.heads["learners"]

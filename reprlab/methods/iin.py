@@ -6,8 +6,10 @@ concept and a residual. Per step:
 
 - unsupervised: z of a batch of training images; loss = NLL of T(z) under N(0, I);
 - factor: z1, z2 of pairs that share a concept k (colored digits: the same digit in a new color,
-  or the same color on another digit); factor k of z~2 ~ N(rho z~1_k, (1 - rho^2) I), the rest
-  N(0, I). Factor sizes come from the pairs' covariances in z unless given.
+  or the same color on another digit; glyphs: character, font weight or slant, optionally all
+  but one of them; or two sketched drawings, ``method.pairs=sketch``); factor k of z~2 ~
+  N(rho z~1_k, (1 - rho^2) I), the rest N(0, I). Factor sizes come from the pairs' covariances
+  in z unless given.
 
 Evaluation (every epoch, val and test): the NLL; linear probes of every target (digit, color) from
 every factor; the network response (the std of a classifier's logit for its predicted class while
@@ -58,6 +60,12 @@ class IINConfig(MethodConfig):
         None, description="a finished classifier run: feature space of the Frechet distance and classifier of "
                           "the network response (default: the first stage when it is a classifier)")
     loss: Literal["factor", "unsupervised"] = "factor"
+    pairs: Literal["data", "sketch"] = Field(
+        "data", description="factor pairs from the data set's known factors, or from two sketched drawings")
+    sketch: str | None = Field(None, description="pairs=sketch: a shipped sketch's name (closed_loop) or a sketch YAML")
+    all_but: float = Field(0.0, ge=0.0, le=1.0, description="fraction of pairs sharing every factor but one "
+                                                           "(data sets with more than two factors)")
+    probe_images: int = Field(1000, ge=10, description="pairs=sketch: renderings to fit probes on (and as many to score)")
     rho: float = Field(0.975, gt=0.0, lt=1.0, description="correlation of a shared factor within a pair")
     blocks: int = Field(12, ge=1)
     width: int = Field(512, ge=2, description="hidden width of the coupling MLPs")
@@ -79,16 +87,30 @@ class IINConfig(MethodConfig):
         if self.feature_model is not None:
             _frozen(_absolute(self.feature_model), "method.feature_model", ("classifier",))
             self.feature_model = _absolute(self.feature_model)
+        if self.pairs == "sketch" and self.sketch is None:
+            raise ConfigError("config: method.sketch: method.pairs=sketch needs a sketch (a shipped name such as "
+                              "closed_loop, or a sketch YAML file)")
+        if self.pairs == "data" and self.sketch is not None:
+            raise ConfigError("config: method.sketch: a sketch is only read with method.pairs=sketch")
+        if self.sketch is not None and not Path(self.sketch).is_absolute() and Path(self.sketch).suffix:
+            self.sketch = _absolute(self.sketch)
         if self.loss == "factor":
-            source = pair_source_class(cfg.data)
+            source = _pair_spec(cfg)
             if source is None:
                 raise ConfigError(f"config: method.loss: factor needs a data set with factor pairs "
-                                  f"(colored_digits), got data.name={cfg.data.name}; or use method.loss=unsupervised")
+                                  f"(colored_digits, glyphs) or method.pairs=sketch, got data.name={cfg.data.name}; "
+                                  f"or use method.loss=unsupervised")
             if self.factor_sizes is not None:
                 try:
                     parse_sizes(self.factor_sizes, len(source.factors), _dim(first, cfg))
                 except ValueError as exc:
                     raise ConfigError(f"config: method.factor_sizes: {exc}") from None
+
+
+def _pair_spec(cfg: ExperimentConfig):
+    """What the factor pairs of ``cfg`` share (``factors``, ``target_kinds``, ``probes``), or None."""
+    m = cfg.method
+    return pair_source_class(cfg.data, m.sketch if m.pairs == "sketch" else None)
 
 
 def _absolute(path: str) -> str:
@@ -130,7 +152,7 @@ class IIN(Method):
     def metric_names(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
         first, judge = cls._models(cfg)
         names = ["nll"]
-        source = pair_source_class(cfg.data) if cfg.method.loss == "factor" else None
+        source = _pair_spec(cfg) if cfg.method.loss == "factor" else None
         if source is not None:
             parts = [*source.factors, "residual"]
             for target, kind in source.target_kinds.items():
@@ -148,7 +170,9 @@ class IIN(Method):
         self.first = ctx.prepare(copy.deepcopy(first))  # no trainable weights: never DDP-wrapped
         self.judge = None if judge is None else (self.first if judge is first else ctx.prepare(copy.deepcopy(judge)))
         self.dim = _dim(first, ctx.cfg)
-        self.source = pair_source(ctx.cfg.data, ctx.data.train) if c.loss == "factor" else None
+        self.source = None
+        if c.loss == "factor":
+            self.source = pair_source(ctx.cfg.data, ctx.data.train, c.sketch if c.pairs == "sketch" else None, c.all_but)
         self.parts = [*self.source.factors, "residual"] if self.source is not None else ["residual"]
         self.sizes = self._factor_sizes() if self.source is not None else [self.dim]
 
@@ -259,7 +283,7 @@ class IIN(Method):
     def evaluate(self, split: str) -> dict[str, float]:
         images = self.ctx.data.eval_splits[split].query
         z = self.ctx.embed(self.first.encode, images)  # collective: every rank
-        if self.source is not None and self._train_z is None:
+        if self.source is not None and self.source.probes == "train" and self._train_z is None:
             self._train_z = self.ctx.embed(self.first.encode, self.ctx.data.train)
         real = self.ctx.embed(self.judge.encode, images) if self.judge is not None and self.first.decoder is not None else None
         metrics = None
@@ -279,14 +303,12 @@ class IIN(Method):
         gen = torch.Generator(dev).manual_seed(self.ctx.seed(0xE7A1))
         slices = self._slices()
         if self.source is not None:
-            zt_train = flow(torch.from_numpy(self._train_z).to(dev))[0].cpu().numpy()
-            zt_np = zt.cpu().numpy()
-            train_t, test_t = self.source.targets(self.ctx.data.train), self.source.targets(images)
+            (fit_z, fit_t), (score_z, score_t) = self._probe_sets(flow, zt, images, split)
             for target, kind in self.source.target_kinds.items():
                 probe = probe_accuracy if kind == "class" else probe_r2
                 for p, sl in slices.items():
                     out[f"{target}_{'acc' if kind == 'class' else 'r2'}_from_{p}"] = probe(
-                        zt_train[:, sl], train_t[target], zt_np[:, sl], test_t[target])
+                        fit_z[:, sl], fit_t[target], score_z[:, sl], score_t[target])
             if self.judge is not None:
                 out.update(self._response(flow, zt, gen, split == "test"))
         if self.first.decoder is not None and self.judge is not None:
@@ -294,6 +316,28 @@ class IIN(Method):
         if split == "test" and self.first.decoder is not None and self.source is not None:
             self._swap_figure(flow, zt)
         return out
+
+    def _probe_sets(self, flow, zt: torch.Tensor, images, split: str):
+        """(factors, targets) to fit the linear probes on and to score them on, as the pair source
+        says: the training split and the evaluated split (``train``); two fixed halves of the
+        evaluated split (``within``: class-disjoint splits); or two sets of the source's own
+        renderings (``rendered``: sketches)."""
+        dev, mode = self.ctx.device, self.source.probes
+        if mode == "train":
+            zt_train = flow(torch.from_numpy(self._train_z).to(dev))[0].cpu().numpy()
+            return (zt_train, self.source.targets(self.ctx.data.train)), (zt.cpu().numpy(), self.source.targets(images))
+        if mode == "within":
+            zt_np, targets = zt.cpu().numpy(), self.source.targets(images)
+            order = np.random.default_rng(self.ctx.seed(0xB0BE)).permutation(len(zt_np))
+            halves = order[: len(order) // 2], order[len(order) // 2 :]
+            return tuple((zt_np[h], {k: np.asarray(v)[h] for k, v in targets.items()}) for h in halves)
+        sets = []
+        for which in (0, 1):  # the same renderings at every evaluation
+            rng = np.random.default_rng(self.ctx.seed(0x5E7, which))
+            pixels, targets = self.source.rendered(self.cfg.probe_images, rng)
+            z = torch.cat([self.encode(self._images(pixels[i : i + 256])) for i in range(0, len(pixels), 256)])
+            sets.append((flow(z)[0].cpu().numpy(), targets))
+        return tuple(sets)
 
     def _response(self, flow, zt: torch.Tensor, gen: torch.Generator, figure: bool) -> dict[str, float]:
         """Std of the judging classifier's logit of its predicted class while one factor is

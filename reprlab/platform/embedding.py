@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from reprlab.platform.config import MethodConfig, OptimSection
+from reprlab.platform.config import ExperimentConfig, MethodConfig, OptimSection
 from reprlab.platform.dml import AdversarialDecorrelation, MarginLoss, distance_weighted_triplets
+from reprlab.platform.frozen import FrozenModel, load_weights
 from reprlab.platform.method import Method, unwrap
 from reprlab.platform.models import EmbeddingHead, EmbeddingNet, build_backbone
 
@@ -51,6 +52,26 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimSection) -> torch.optim
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
 
+def evaluated_embedding(out: dict[str, torch.Tensor], heads: tuple[str, ...]) -> torch.Tensor:
+    """The evaluated embedding of a forward's output: one head's (L2-normalized) embedding, or
+    several heads concatenated and re-normalized."""
+    if len(heads) == 1:
+        return out[heads[0]]
+    return F.normalize(torch.cat([out[h] for h in heads], dim=1), dim=1)
+
+
+class EvaluatedEmbedding(torch.nn.Module):
+    """x -> the evaluated (L2-normalized) embedding of a trained embedding network: the encoder
+    of a DML run's frozen model."""
+
+    def __init__(self, net: torch.nn.Module, heads: tuple[str, ...]) -> None:
+        super().__init__()
+        self.net, self.heads = net, tuple(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return evaluated_embedding(self.net(x), self.heads)
+
+
 class EmbeddingMethod(Method):
     """``self.net(x)`` returns features and one L2-normalized embedding per name in ``heads``;
     ``eval_heads`` are evaluated (concatenated and re-normalized when there are several)."""
@@ -59,15 +80,30 @@ class EmbeddingMethod(Method):
     eval_heads: tuple[str, ...] = ("embed",)
 
     # ---- networks and criteria ------------------------------------------------------------
+    @classmethod
+    def network(cls, cfg: ExperimentConfig) -> torch.nn.Module:
+        """The (untrained) network of this method under ``cfg``: by default the backbone and one
+        ``EmbeddingHead`` per name in ``heads``. Methods with another network override it."""
+        backbone = build_backbone(cfg.model)
+        return EmbeddingNet(backbone, {h: EmbeddingHead(backbone.out_dim, cfg.model.embed_dim) for h in cls.heads})
+
+    @classmethod
+    def evaluated_heads(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
+        """The heads ``evaluate`` retrieves with under ``cfg``."""
+        return cls.eval_heads
+
+    @classmethod
+    def frozen_model(cls, cfg: ExperimentConfig, attributes: dict) -> FrozenModel:
+        """z = the evaluated embedding (after its L2 normalization, i.e. exactly what retrieval
+        used), so IIN interprets the space the run was selected on."""
+        net = load_weights(cls.network(cfg), attributes["net"], cls.name)
+        return FrozenModel("embedding", EvaluatedEmbedding(net, cls.evaluated_heads(cfg)))
+
     def build_network(self, net: torch.nn.Module | None = None, *, partial: bool = False) -> None:
-        """``self.net`` (the default backbone + ``heads``, or ``net``), and ``self.mining``: a
-        generator seeded per epoch and identical on every rank, so all ranks mine the same
-        triplets from the same gathered batch."""
-        if net is None:
-            cfg = self.ctx.cfg.model
-            backbone = build_backbone(cfg)
-            net = EmbeddingNet(backbone, {h: EmbeddingHead(backbone.out_dim, cfg.embed_dim) for h in self.heads})
-        self.net = self.ctx.prepare(net, partial=partial)
+        """``self.net`` (``network(cfg)``, or ``net``), and ``self.mining``: a generator seeded
+        per epoch and identical on every rank, so all ranks mine the same triplets from the same
+        gathered batch."""
+        self.net = self.ctx.prepare(self.network(self.ctx.cfg) if net is None else net, partial=partial)
         self.mining = torch.Generator()
 
     def margin_criterion(self, num_classes: int) -> MarginLoss:
@@ -109,10 +145,7 @@ class EmbeddingMethod(Method):
 
     # ---- evaluation -----------------------------------------------------------------------------
     def embed_for_eval(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
-        if len(self.eval_heads) == 1:
-            return out[self.eval_heads[0]]
-        return F.normalize(torch.cat([out[h] for h in self.eval_heads], dim=1), dim=1)
+        return evaluated_embedding(self.net(x), self.eval_heads)
 
     def evaluate(self, split: str) -> dict[str, float]:
         self.net.eval()
@@ -128,8 +161,12 @@ class DecorrelatedHeadsMethod(EmbeddingMethod):
 
     heads = ("class", "shared")
 
+    @classmethod
+    def evaluated_heads(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
+        return ("class",) if cfg.method.evaluate == "class" else ("class", "shared")
+
     def build_heads(self) -> None:
-        self.eval_heads = ("class",) if self.cfg.evaluate == "class" else ("class", "shared")
+        self.eval_heads = self.evaluated_heads(self.ctx.cfg)
         self.build_network()
         dim = self.ctx.cfg.model.embed_dim
         self.adversary = self.ctx.prepare(AdversarialDecorrelation(dim, self.cfg.adversarial_hidden))

@@ -98,20 +98,35 @@ def load_bundle(cfg: DataSection, seed: int) -> DataBundle:
     return make_bundle(load_benchmark(cfg), cfg, seed)
 
 
-def pair_source_class(cfg: DataSection):
-    """The class that draws pairs of images sharing known factors (IIN's concept pairs) for the
-    data set in ``cfg``, or None. It has ``factors`` (names), ``target_kinds`` (what probes predict
-    per target: ``class`` or ``value``), ``targets(images)``, and its instances (one per ImageSet)
-    ``sample(n, rng[, factor]) -> (pixels1, pixels2, shared)``."""
+def pair_source_class(cfg: DataSection, sketch: str | None = None):
+    """What draws pairs of images sharing known factors (IIN's concept pairs): for a data set, the
+    class of its pair source (colored digits: digit and color; glyphs: character, font weight and
+    slant), or None; with ``sketch`` (a shipped sketch's name or a sketch file), the sketch's pair
+    source itself. Either has ``factors``, ``target_kinds`` and ``probes``; the pair source
+    protocol is in :mod:`reprlab.platform.data.pairs`. A bad sketch is one ConfigError line."""
+    if sketch is not None:
+        from reprlab.platform.data.sketch import SketchPairs
+
+        return SketchPairs.load(sketch, cfg.image_size)
     if cfg.name == "colored_digits":
         from reprlab.platform.data.colored_digits import ColoredDigitPairs
 
         return ColoredDigitPairs
+    if cfg.name == "glyphs":
+        from reprlab.platform.data.pairs import GlyphPairs
+
+        return GlyphPairs
     return None
 
 
-def pair_source(cfg: DataSection, images: ImageSet):
-    cls = pair_source_class(cfg)
+def pair_source(cfg: DataSection, images: ImageSet, sketch: str | None = None, all_but: float = 0.0):
+    """The pair source over ``images`` (or of the sketch). ``all_but``: the fraction of pairs that
+    share every factor but one, where the data set has more than two factors."""
+    cls = pair_source_class(cfg, sketch)
     if cls is None:
-        raise DataError(f"data: {cfg.name} has no factor pairs (data sets with pairs: colored_digits)")
-    return cls(images, cfg.colored_digits.size, cfg.colored_digits.min_channel)
+        raise DataError(f"data: {cfg.name} has no factor pairs (data sets with pairs: colored_digits, glyphs)")
+    if sketch is not None:
+        return cls
+    if cfg.name == "colored_digits":
+        return cls(images, cfg.colored_digits.size, cfg.colored_digits.min_channel)
+    return cls(images, all_but=all_but)

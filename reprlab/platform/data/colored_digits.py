@@ -75,6 +75,7 @@ class ColoredDigitPairs:
 
     factors = FACTORS
     target_kinds = {"digit": "class", "color": "value"}  # what linear probes predict: a class, or values
+    probes = "train"  # fitted on the training split (both splits hold every digit)
 
     @staticmethod
     def targets(images: ImageSet) -> dict[str, np.ndarray]:
