@@ -246,7 +246,8 @@ def test_pads_needs_a_validation_split(tiny):
 def test_pads_runs_in_lock_step_on_two_ray_workers(ray_session, tiny, tmp_path):
     from reprlab.platform.runner import run_training
 
-    cfg = load_config(None, tiny + ["method.name=pads", "scaling.num_workers=2", "method.iterations_per_step=2"])
+    cfg = load_config(None, tiny + ["method.name=pads", "scaling.num_workers=2", "method.iterations_per_step=2",
+                                    "experiment.name=pads-lockstep"])
     run_training(cfg, tmp_path / "run")
     rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     steps = [s for r in rows[1:] for s in r["steps"]]
@@ -257,6 +258,23 @@ def test_pads_runs_in_lock_step_on_two_ray_workers(ray_session, tiny, tmp_path):
     assert all("teacher/value" in s for s in steps)
     assert rows[-1]["method/teacher_steps"] == 4 and 0 < rows[-1]["method/distribution_entropy"] <= np.log(29)
     assert (tmp_path / "run" / "sampling_distribution.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the reward and the distribution's entropy reach the dashboard (Prometheus export)
+    import time
+
+    from conftest import METRICS_PORT
+    from test_telemetry import _find, _scrape
+
+    base = {"experiment": "pads-lockstep", "trial": "run", "method": "pads"}
+    deadline, found = time.time() + 60, {}
+    while time.time() < deadline:
+        samples = _scrape(METRICS_PORT)
+        found = {n: _find(samples, "ray_reprlab_method", name=n, **base) for n in ("reward_mean", "distribution_entropy")}
+        if all(found.values()):
+            break
+        time.sleep(2)
+    assert -1 <= found["reward_mean"][0] <= 1
+    assert found["distribution_entropy"][0] == pytest.approx(rows[-1]["method/distribution_entropy"], rel=1e-6)
 
 
 def test_resumed_pads_run_continues_the_same_episode(tiny, tmp_path, capfd):
