@@ -129,7 +129,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_methods(args)
     if args.what == "faults":
         return _bench_faults(args)
-    if args.what == "eval":
+    if args.what == "train":
+        from reprlab.platform.bench.train_bench import bench_train, format_train_bench
+
+        result = bench_train(args.config or DEFAULT_PRESET, args.overrides, iterations=args.iterations,
+                             warmup=args.warmup, rounds=args.rounds, threads=args.threads)
+        print(format_train_bench(result))
+    elif args.what == "overhead":
+        import time
+
+        from reprlab.platform.bench.overhead_bench import bench_overhead, format_overhead_bench
+
+        output = Path(args.output or time.strftime("runs/bench-overhead-%Y%m%d-%H%M%S"))
+        result = bench_overhead(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs)
+        print(format_overhead_bench(result))
+    elif args.what == "eval":
         from reprlab.platform.bench.eval_bench import bench_eval, format_eval_bench
 
         result = bench_eval(n=args.n, dim=args.dim, classes=args.classes, seed=args.seed)
@@ -246,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--control", action="store_true", help="also run the same kill with scaling.max_failures=0")
     b.add_argument("--no-warmup", action="store_true", help="skip the one-iteration run that warms the cluster up")
     b.add_argument("--output", help="directory for the runs and faults.json/.md (default: runs/bench-faults-TIME)")
+    b = bsub.add_parser("train", help="training images/s of the margin baseline vs PML's MetricLossOnly trainer")
+    _add_config_args(b)
+    b.add_argument("--iterations", type=int, default=60, help="timed iterations per side and round (default: 60)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed iterations before them (default: 10)")
+    b.add_argument("--rounds", type=int, default=3, help="alternating rounds ours / PML (default: 3)")
+    b.add_argument("--threads", type=int, help="torch threads for both (default: the config's workers x CPUs)")
+    b = bsub.add_parser("overhead", help="reprlab train: time to the first optimizer step, per-epoch platform overhead")
+    _add_config_args(b)
+    b.add_argument("--epochs", type=int, default=4, help="epochs of the run (default: 4)")
+    b.add_argument("--output", help="where the run goes (default: runs/bench-overhead-TIME)")
     for b in bsub.choices.values():
         b.add_argument("--json", help="also write the result as JSON to this file")
     p.set_defaults(func=cmd_bench)

@@ -62,6 +62,7 @@ class Autoencoder(Method):
     name = "autoencoder"
     description = "Convolutional (variational) autoencoder: a first stage for IIN"
     Config = AutoencoderConfig
+    supports_accumulation = True
     selection_metric = "mse"
     headline_metric = "mse"
     lower_is_better = frozenset({"mse", "kl"})
@@ -91,12 +92,12 @@ class Autoencoder(Method):
     def train_step(self, batch) -> dict[str, float]:
         x, _ = batch
         noise = torch.randn(x.shape[0], self.ctx.cfg.model.embed_dim, generator=self.noise, device=x.device)
-        recon, mu, logvar = self.net(x, noise)
+        (recon, mu, logvar), backward = self.ctx.micro_batched(self.net, x, noise)
         mse = (recon - x).pow(2).mean()
         kl = kl_per_dim(mu, logvar)
         loss = mse + self.cfg.kl_weight * kl
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         self.optimizer.step()
         return {"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}
 

@@ -42,6 +42,7 @@ class Classifier(Method):
     name = "classifier"
     description = "Image classifier (cross-entropy): a first stage for IIN"
     Config = ClassifierConfig
+    supports_accumulation = True
     selection_metric = "accuracy"
     headline_metric = "accuracy"
     lower_is_better = frozenset({"cross_entropy"})
@@ -70,10 +71,10 @@ class Classifier(Method):
 
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch
-        logits = self.net(x)
+        logits, backward = self.ctx.micro_batched(self.net, x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         self.optimizer.step()
         return {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 

@@ -99,6 +99,7 @@ class DivideConquer(EmbeddingMethod):
     name = "divide_conquer"
     description = "Divide & Conquer (CVPR 2019): K clusters of the data, each trains its own embedding slice"
     Config = DivideConquerConfig
+    supports_accumulation = True
 
     @classmethod
     def network(cls, cfg) -> DivideConquerNet:
@@ -167,7 +168,7 @@ class DivideConquer(EmbeddingMethod):
 
     def train_step(self, batch) -> dict[str, float]:
         x, y, k = batch
-        out = self.net(x) if k is None else self.net(x, learner=k)
+        out, backward = self.ctx.micro_batched(self.net, x, **({} if k is None else {"learner": k}))
         emb = self.ctx.gather(out["embed" if k is None else "learner"])
         criterion = self.criteria[-1 if k is None else k]
         loss, n_triplets = self.margin_loss(criterion, emb, self.ctx.gather(y))
@@ -177,7 +178,7 @@ class DivideConquer(EmbeddingMethod):
             loss = loss + self.cfg.mask_lambda * penalty
             logs["mask_overlap"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         self.optimizer.step()
         return {"loss": loss.item(), **logs}
 

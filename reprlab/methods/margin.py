@@ -23,6 +23,7 @@ class Margin(EmbeddingMethod):
     name = "margin"
     description = "Margin loss + distance-weighted sampling (Wu et al. 2017), the DML baseline"
     Config = MarginConfig
+    supports_accumulation = True
 
     def build(self) -> None:
         self.build_network()
@@ -33,10 +34,11 @@ class Margin(EmbeddingMethod):
 
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch
-        emb = self.ctx.gather(self.net(x)["embed"])
+        out, backward = self.ctx.micro_batched(self.net, x)
+        emb = self.ctx.gather(out["embed"])
         loss, n_triplets = self.margin_loss(self.criterion, emb, self.ctx.gather(y))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         self.optimizer.step()
         return {"loss": loss.item(), "triplets": float(n_triplets), "beta": self.criterion.beta.mean().item()}
 

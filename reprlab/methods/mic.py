@@ -55,6 +55,7 @@ class MIC(DecorrelatedHeadsMethod):
     name = "mic"
     description = "MIC (ICCV 2019): auxiliary head on inter-class clusters, decorrelated by gradient reversal"
     Config = MICConfig
+    supports_accumulation = True
 
     def build(self) -> None:
         self.build_heads()
@@ -123,13 +124,13 @@ class MIC(DecorrelatedHeadsMethod):
         """One optimizer step on a head's margin loss plus the weighted decorrelation;
         returns (total, margin, adversarial)."""
         x, y = batch
-        out = self.net(x)
+        out, backward = self.ctx.micro_batched(self.net, x)
         emb_class, emb_shared = self.ctx.gather(out["class"]), self.ctx.gather(out["shared"])
         margin, _ = self.margin_loss(criterion, emb_class if head == "class" else emb_shared, self.ctx.gather(y))
         adv = self.decorrelation(emb_class, emb_shared)
         loss = margin + self.cfg.adversarial_weight * adv
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         self.optimizer.step()
         return loss.item(), margin.item(), adv.item()
 

@@ -85,6 +85,7 @@ class PADS(Margin):
     name = "pads"
     description = "PADS (CVPR 2020): an RL teacher adapts the negative-sampling distribution (Gymnasium env)"
     Config = PADSConfig
+    supports_accumulation = False  # the learner's iterations (learner_step) run the network directly
 
     def build(self) -> None:
         super().build()  # the margin learner: network, criterion, optimizer, scheduler

@@ -35,6 +35,7 @@ class Sharing(DecorrelatedHeadsMethod):
     name = "sharing"
     description = "Sharing Matters (TPAMI): a head trained on triplets whose anchor and positive differ in class"
     Config = SharingConfig
+    supports_accumulation = True
 
     def build(self) -> None:
         self.build_heads()
@@ -51,7 +52,7 @@ class Sharing(DecorrelatedHeadsMethod):
     def train_step(self, batch) -> dict[str, float]:
         cfg = self.cfg
         x, y = batch
-        out = self.net(x)
+        out, backward = self.ctx.micro_batched(self.net, x)
         emb_class, emb_shared, labels = self.ctx.gather(out["class"]), self.ctx.gather(out["shared"]), self.ctx.gather(y)
         class_loss, _ = self.margin_loss(self.class_criterion, emb_class, labels)
         per_anchor = cfg.triplets_per_anchor or max(1, self.ctx.cfg.data.samples_per_class - 1)
@@ -63,7 +64,7 @@ class Sharing(DecorrelatedHeadsMethod):
         adv = self.decorrelation(emb_class, emb_shared)
         loss = class_loss + cfg.shared_weight * shared_loss + cfg.adversarial_weight * adv
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         self.optimizer.step()
         return {
             "loss": loss.item(), "class_loss": class_loss.item(), "shared_loss": shared_loss.item(),

@@ -98,6 +98,13 @@ class OptimSection(Section):
 class TrainSection(Section):
     epochs: int = Field(10, ge=1)
     log_every: int = Field(20, ge=1)
+    # speed options (see Context.prepare): none of them changes what is trained, only how fast
+    amp: Literal["none", "bf16"] = Field(
+        "none", description="run the networks under bfloat16 autocast (GPU; also CPU autocast); outputs are float32")
+    channels_last: bool = Field(False, description="networks and their 4-d inputs in channels-last memory format")
+    compile: bool = Field(False, description="torch.compile the forward of every network the method prepares")
+    grad_accumulation: int = Field(
+        1, ge=1, description="micro-batches per optimizer step (methods that support it; same gradient, less memory)")
 
 
 class EvalSection(Section):
@@ -199,6 +206,9 @@ def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, "", ExperimentConfig)) from None
     cfg.method.check_against(cfg)
+    if cfg.train.grad_accumulation > 1 and not method_cls.supports_accumulation:
+        raise ConfigError(f"config: train.grad_accumulation: method {name} does not support micro-batches; "
+                          "use 1")
     metrics = method_cls.metric_names(cfg)
     if cfg.eval.selection_metric is None:
         cfg.eval.selection_metric = method_cls.selection_metric

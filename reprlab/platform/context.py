@@ -16,6 +16,7 @@ from reprlab.platform.data import DataBundle, EvalSplit
 from reprlab.platform.data.pipeline import ArrayImages, make_dataset, make_loader, sequential_batches
 from reprlab.platform.data.sampler import ClassBalancedSampler, ClusterRoundRobinSampler, shuffled_batches
 from reprlab.platform.data.types import ImageSet
+from reprlab.platform.speed import apply_speed_options, micro_batched
 from reprlab.platform.storage import Location, resolve
 
 
@@ -63,11 +64,17 @@ class Context:
         looks for unused parameters; those unused on every rank keep ``grad=None``, so optimizers
         leave them untouched.
         """
-        module = module.to(self.device)
+        module = apply_speed_options(module.to(self.device), self.cfg.train, self.device)  # amp, channels_last, compile
         if _distributed() and any(p.requires_grad for p in module.parameters()):
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=partial)
         return module
+
+    def micro_batched(self, net: nn.Module, *inputs, **kwargs):
+        """``(outputs, backward)``: ``net(*inputs, **kwargs)`` and the function that back-propagates
+        a loss of those outputs, over ``train.grad_accumulation`` micro-batches (see ``speed.py``);
+        with one micro-batch, the plain forward and ``loss.backward()``."""
+        return micro_batched(net, inputs, kwargs, self.cfg.train.grad_accumulation)
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate a per-rank batch over all ranks, keeping gradients to the local part.

@@ -49,6 +49,9 @@ class Method(ABC):
     selection_metric: ClassVar[str] = "map@r"
     headline_metric: ClassVar[str] = "recall@1"
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    # ``train.grad_accumulation > 1`` needs a method whose ``train_step`` runs its networks through
+    # ``ctx.micro_batched`` and calls the ``backward`` it returns; the config check refuses others
+    supports_accumulation: ClassVar[bool] = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -199,6 +199,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         t0, started_at = time.perf_counter(), time.time()
         train_logs = _train_epoch(method, ctx, epoch, telemetry) if epoch > 0 else {}
         iterations = int(train_logs.pop("_iterations", 0))
+        first_step_at = train_logs.pop("_first_step_at", None)
         t_train = time.perf_counter() - t0
         evals = {f"{s}/{k}": float(v) for s in ctx.data.eval_splits for k, v in method.evaluate(s).items()}
         row = {
@@ -213,6 +214,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "time/started_at": started_at,
             "throughput/images_per_s": (iterations * method.images_per_step() * world / t_train) if epoch else 0.0,
         }
+        if first_step_at is not None:  # wall clock when the epoch's first train_step returned (`bench overhead`)
+            row["time/first_step_at"] = first_step_at
         steps = method.step_records()
         if steps:
             row["steps"] = steps
@@ -233,9 +236,11 @@ def _train_epoch(method, ctx: Context, epoch: int, telemetry: Telemetry) -> dict
     counts: dict[str, int] = defaultdict(int)  # a log may be missing on some steps (e.g. MIC's shared task)
     total = method.steps_per_epoch()
     every = ctx.cfg.train.log_every
-    n, start = 0, time.perf_counter()
+    n, start, first_step_at = 0, time.perf_counter(), None
     for n, batch in enumerate(method.batches(epoch), start=1):
         logs = method.train_step(batch)
+        if first_step_at is None:
+            first_step_at = time.time()
         loss = logs["loss"]
         if ctx.any_rank(not math.isfinite(loss)):
             raise NonFiniteLossError(
@@ -252,7 +257,7 @@ def _train_epoch(method, ctx: Context, epoch: int, telemetry: Telemetry) -> dict
             say(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
                 f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s")
     method.on_epoch_end(epoch)
-    return {**{k: v / counts[k] for k, v in sums.items()}, "_iterations": n}
+    return {**{k: v / counts[k] for k, v in sums.items()}, "_iterations": n, "_first_step_at": first_step_at}
 
 
 def _epoch_line(row: dict[str, float], cfg: ExperimentConfig) -> str:
