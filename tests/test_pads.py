@@ -9,8 +9,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from reprlab.envs import ENV_ID, SamplingTeacherEnv, Teacher, TeacherEnvSettings, TeacherSettings, VectorLearner, run_episode
+from reprlab.envs import ENV_ID, SamplingTeacherEnv, TeacherEnvSettings, VectorLearner
 from reprlab.platform.config import load_config
+from reprlab.platform.rl import Teacher, TeacherSettings, run_episode
 from reprlab.platform.dml.binned_sampling import (
     bin_centres,
     bin_edges,

@@ -1,6 +1,7 @@
 """Gymnasium environments around learners. Importing this package registers
 ``reprlab/SamplingTeacher-v0`` (PADS' learner-plus-sampling loop; its default learner is the cheap
-:class:`VectorLearner`, ``gymnasium.make(ENV_ID, learner=..., settings=...)`` wraps another)."""
+:class:`VectorLearner`, ``gymnasium.make(ENV_ID, learner=..., settings=...)`` wraps another).
+The agent that drives it (PPO / REINFORCE) is :mod:`reprlab.platform.rl`."""
 
 import gymnasium
 
@@ -10,7 +11,6 @@ from reprlab.envs.sampling_teacher import (
     TeacherEnvSettings,
     VectorLearner,
 )
-from reprlab.envs.teacher import Teacher, TeacherSettings, run_episode, teacher_for
 
 ENV_ID = "reprlab/SamplingTeacher-v0"
 
@@ -21,10 +21,6 @@ __all__ = [
     "ENV_ID",
     "Learner",
     "SamplingTeacherEnv",
-    "Teacher",
     "TeacherEnvSettings",
-    "TeacherSettings",
     "VectorLearner",
-    "run_episode",
-    "teacher_for",
 ]

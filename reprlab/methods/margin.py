@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from reprlab.platform.embedding import EmbeddingMethod, MarginSettings, make_optimizer, make_scheduler
+from reprlab.platform.embedding import EmbeddingMethod, MarginSettings
 from reprlab.platform.method import register_method
 
 
@@ -26,11 +26,7 @@ class Margin(EmbeddingMethod):
     supports_accumulation = True
 
     def build(self) -> None:
-        self.build_network()
-        self.criterion = self.margin_criterion(self.ctx.data.num_classes)
-        groups = [{"params": self.trainable(self.net)}, *self.beta_groups(self.criterion)]
-        self.optimizer = make_optimizer(groups, self.ctx.cfg.optim)
-        self.scheduler = make_scheduler(self.optimizer, self.ctx.cfg.optim)
+        self.build_margin_learner()
 
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch

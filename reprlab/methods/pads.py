@@ -4,7 +4,7 @@ The learner is the margin-loss embedding network; its negatives come from a dist
 anchor-negative distance bins (:mod:`reprlab.platform.dml.binned_sampling`). The learner plus
 sampling loop is the Gymnasium environment :class:`~reprlab.envs.SamplingTeacherEnv`: one
 ``train_step`` of this method is one environment step (M learner iterations, then validation on the
-per-class hold-out). The teacher (:class:`~reprlab.envs.Teacher`, PPO by default) chooses a
+per-class hold-out). The teacher (:class:`~reprlab.platform.rl.Teacher`, PPO by default) chooses a
 multiplier per bin from the environment's state and learns from the reward online.
 
 With several Ray Train workers every rank steps its own copy of the environment in lock-step: the
@@ -27,12 +27,11 @@ import torch.distributed as dist
 from pydantic import Field
 
 from reprlab.envs.sampling_teacher import SamplingTeacherEnv, TeacherEnvSettings
-from reprlab.envs.teacher import Teacher, TeacherSettings
-from reprlab.methods.margin import Margin
 from reprlab.platform.dml.binned_sampling import bin_centres, binned_triplets
-from reprlab.platform.embedding import MarginSettings
+from reprlab.platform.embedding import EmbeddingMethod, MarginSettings
 from reprlab.platform.errors import ConfigError, ReprlabError
 from reprlab.platform.method import register_method
+from reprlab.platform.rl import Teacher, TeacherSettings
 
 PLOT_FILE = "sampling_distribution.png"
 
@@ -81,14 +80,14 @@ class _PlatformLearner:
 
 
 @register_method
-class PADS(Margin):
+class PADS(EmbeddingMethod):
     name = "pads"
     description = "PADS (CVPR 2020): an RL teacher adapts the negative-sampling distribution (Gymnasium env)"
     Config = PADSConfig
     supports_accumulation = False  # the learner's iterations (learner_step) run the network directly
 
     def build(self) -> None:
-        super().build()  # the margin learner: network, criterion, optimizer, scheduler
+        self.build_margin_learner()
         env_settings = TeacherEnvSettings(**{k: getattr(self.cfg, k) for k in TeacherEnvSettings.model_fields})
         self.edges = env_settings.edges
         total = self.ctx.cfg.train.epochs * self.ctx.iterations_per_epoch()
@@ -189,7 +188,7 @@ class PADS(Margin):
 
     # ---- per-epoch outputs --------------------------------------------------------------------
     def on_epoch_end(self, epoch: int) -> None:
-        super().on_epoch_end(epoch)
+        self.scheduler.step()
         if self.ctx.is_main and self.trace:
             self.ctx.write_artifact(PLOT_FILE, distribution_heatmap(np.asarray(self.trace), self.edges))
 

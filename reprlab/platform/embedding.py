@@ -106,6 +106,15 @@ class EmbeddingMethod(Method):
         self.net = self.ctx.prepare(self.network(self.ctx.cfg) if net is None else net, partial=partial)
         self.mining = torch.Generator()
 
+    def build_margin_learner(self) -> None:
+        """The plain margin learner: ``net``, one margin ``criterion`` over the classes, an
+        ``optimizer`` over both and its ``scheduler`` (the baseline, and PADS' learner)."""
+        self.build_network()
+        self.criterion = self.margin_criterion(self.ctx.data.num_classes)
+        groups = [{"params": self.trainable(self.net)}, *self.beta_groups(self.criterion)]
+        self.optimizer = make_optimizer(groups, self.ctx.cfg.optim)
+        self.scheduler = make_scheduler(self.optimizer, self.ctx.cfg.optim)
+
     def margin_criterion(self, num_classes: int) -> MarginLoss:
         c = self.cfg
         return MarginLoss(num_classes, c.margin, c.beta, c.learn_beta, c.nu).to(self.ctx.device)

@@ -1,4 +1,6 @@
-"""PADS' teacher: a policy over per-bin multipliers, trained online while the learner trains.
+"""A teacher agent for environments with a Box observation and a MultiDiscrete action of equal
+choices per dimension (PADS' teacher: a policy over per-bin multipliers, trained online while the
+learner trains). It knows no environment; :func:`run_episode` drives any through the Gymnasium API.
 
 The policy is an MLP (128-128, ReLU) with, per bin, a softmax over the multiplier choices, and a
 value head. After every environment step it learns from that one transition (s, a, r, s'):
@@ -65,7 +67,7 @@ def _log_probs(logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
 
 
 class Teacher:
-    """Acts on observations of a :class:`~reprlab.envs.sampling_teacher.SamplingTeacherEnv` and
+    """Acts on observations of a :class:`~reprlab.envs.SamplingTeacherEnv` and
     learns from each transition. Its whole state (policy, old policy, optimizer, sampling
     generator, counters) is in :meth:`state_dict`."""
 
