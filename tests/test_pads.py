@@ -278,6 +278,28 @@ def test_pads_runs_in_lock_step_on_two_ray_workers(ray_session, tiny, tmp_path):
     assert found["distribution_entropy"][0] == pytest.approx(rows[-1]["method/distribution_entropy"], rel=1e-6)
 
 
+def test_epoch_validation_reuses_the_last_teacher_steps(tiny, tmp_path, monkeypatch):
+    from reprlab.platform.context import Context
+    from reprlab.platform.runner import run_training
+
+    calls: list[str] = []
+    original = Context.evaluate_embeddings
+
+    def counting(self, fn, split, **kw):
+        calls.append(split)
+        return original(self, fn, split, **kw)
+
+    monkeypatch.setattr(Context, "evaluate_embeddings", counting)
+    cfg = load_config(None, tiny + ["method.name=pads", "scaling.num_workers=0", "method.iterations_per_step=3"])
+    run_training(cfg, tmp_path / "run")
+    # epoch 0: val + test; epoch 1: the reset validation, 2 teacher steps, test; epoch 2: 2 steps, test
+    assert calls.count("val") == 1 + 1 + 2 * 2 and calls.count("test") == 3
+    rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
+    for row in rows[1:]:
+        last = row["steps"][-1]
+        assert all(row[f"val/{k}"] == last[f"val/{k}"] for k in ("recall@1", "nmi", "map@r"))
+
+
 def test_resumed_pads_run_continues_the_same_episode(tiny, tmp_path, capfd):
     # The state holds the training progress, so the interrupted run must have the same budget:
     # run it through, drop the checkpoints after epoch 1, and resume from there.

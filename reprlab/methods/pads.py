@@ -100,6 +100,7 @@ class PADS(EmbeddingMethod):
         self.obs: np.ndarray | None = None
         self.trace: list[list[float]] = []  # [iteration, *distribution] after every teacher step
         self.pending: list[dict[str, Any]] = []
+        self._last_validation: tuple[int, dict[str, float]] | None = None
 
     # ---- the learner's iteration --------------------------------------------------------------
     def learner_step(self, batch, distribution: np.ndarray) -> dict[str, float]:
@@ -118,9 +119,18 @@ class PADS(EmbeddingMethod):
     def validate(self) -> dict[str, float]:
         self.net.eval()
         try:
-            return self.ctx.evaluate_embeddings(self.embed_for_eval, "val", class_geometry=True)
+            metrics = self.ctx.evaluate_embeddings(self.embed_for_eval, "val", class_geometry=True)
         finally:
             self.net.train()
+        self._last_validation = (self.learner.iterations, metrics)
+        return metrics
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """The epoch's ``val`` metrics are the last teacher step's validation when the network has
+        not trained since (the usual case: an epoch ends with a step), so it is not computed twice."""
+        if split == "val" and self._last_validation and self._last_validation[0] == self.learner.iterations:
+            return {k: v for k, v in self._last_validation[1].items() if k not in ("intra_distance", "inter_distance")}
+        return super().evaluate(split)
 
     # ---- the platform loop: one train_step = one environment step -------------------------------
     def steps_per_epoch(self) -> int:
