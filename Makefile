@@ -7,10 +7,18 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test bench clean
 
+# The install is about 8 GB (torch's CUDA build and its libraries run on CPU too): check the
+# disk first, so that a full disk is one line here and not an OSError from inside pip.
+NEED_KB := 8400000
+
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { free=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	  if [ "$$free" -lt $(NEED_KB) ]; then \
+	    echo "make: installing .venv needs about 8 GB free on the disk of $$(pwd); $$((free / 1024)) MB are free" >&2; \
+	    exit 1; fi; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
