@@ -67,6 +67,12 @@ class DataSection(Section):
     samples_per_class: int = Field(4, ge=2, description="M: images of each class in a batch")
     iterations_per_epoch: int | None = Field(None, ge=1, description="default: train images // batch")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    prefetch_factor: int = Field(2, ge=1, description="batches each DataLoader worker loads ahead")
+    pin_memory: bool | None = Field(None, description="page-locked batches for faster host-to-GPU copies (default: with a GPU)")
+    shards: str | None = Field(
+        None, description="Parquet shards written by `reprlab data pack` (a directory or s3:// URI), read instead of data.root")
+    shard_cache: str | None = Field(
+        None, description="local directory for shards fetched from object storage (default ~/.cache/reprlab/shards)")
     augment: bool = True
     vehicleid_test_size: Literal[800, 1600, 2400] = 800
     validation: ValidationSection = ValidationSection()
@@ -112,6 +118,9 @@ class EvalSection(Section):
     selection_metric: str | None = Field(
         None, description="validation metric that picks the reported epoch (default: the method's; map@r for DML)")
     kmeans_niter: int = Field(20, ge=1)
+    every: int = Field(1, ge=1, description="evaluate val/test at epoch 0, every N epochs and the last epoch")
+    test: Literal["every", "on_improvement"] = Field(
+        "every", description="on_improvement: evaluate test only when the val selection metric improves")
 
 
 class ScalingSection(Section):

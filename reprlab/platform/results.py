@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,41 @@ def _split_metrics(row: dict[str, Any], split: str) -> dict[str, float]:
     return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
 
 
+def _value(row: dict[str, Any], key: str) -> float | None:
+    """``row[key]`` as a float, or None when the row lacks it: an epoch that skipped evaluation
+    (``eval.every``, ``eval.test``) has no key in memory and a null (or NaN) once read back from
+    Parquet, where ``write_metrics_table`` fills missing columns."""
+    v = row.get(key)
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
 def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_metric: str) -> dict[str, Any]:
     """``initial`` (epoch 0), ``test`` at the best validation epoch, ``best_test`` (the epoch with
     the best test headline metric of the method, R@1 for DML, as the papers report), and the
-    resolved ``config``. Metrics the method minimizes (losses, distances) count lower as better."""
+    resolved ``config``. Metrics the method minimizes (losses, distances) count lower as better.
+    Only epochs that evaluated the split take part (``eval.every``, ``eval.test``); of equal
+    values the first epoch wins (``eval.test=on_improvement`` evaluates test exactly there)."""
     from reprlab.platform.method import METHODS
 
     method = METHODS.get(config["method"]["name"])
     sign = {m: -1.0 if m in method.lower_is_better else 1.0 for m in (selection_metric, method.headline_metric)}
     first, trained = rows[0], [r for r in rows if r["epoch"] > 0] or rows
-    has_val = f"val/{selection_metric}" in first
-    chosen = max(trained, key=lambda r: sign[selection_metric] * r[f"val/{selection_metric}"]) if has_val else trained[-1]
-    best = max(trained, key=lambda r: sign[method.headline_metric] * r[f"test/{method.headline_metric}"])
+
+    def having(key: str) -> list[dict[str, Any]]:  # trained rows with the metric, else any row with it
+        return ([r for r in trained if _value(r, key) is not None]
+                or [r for r in rows if _value(r, key) is not None])
+
+    val_key, test_key = f"val/{selection_metric}", f"test/{method.headline_metric}"
+    with_val, with_test = having(val_key), having(test_key)
+    has_val = bool(with_val)
+    if has_val:
+        chosen = max(with_val, key=lambda r: sign[selection_metric] * _value(r, val_key))
+    else:  # the last epoch that evaluated test
+        chosen = with_test[-1] if with_test else trained[-1]
+    best = max(with_test, key=lambda r: sign[method.headline_metric] * _value(r, test_key)) if with_test else chosen
     return {
         "initial": _split_metrics(first, "test"),
         "test": _split_metrics(chosen, "test"),

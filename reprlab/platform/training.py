@@ -1,8 +1,9 @@
 """The training loop every Ray Train worker runs, and where its checkpoints live.
 
 Epoch 0 evaluates the untrained network; epochs 1..E train. After every epoch: validation and
-test metrics, a row in ``metrics.parquet`` (rank 0), a checkpoint with the method's whole state
-and the metrics history, and a ``ray.train.report`` (a barrier on every rank).
+test metrics (on the epochs ``eval.every`` and ``eval.test`` choose), a row in ``metrics.parquet``
+(rank 0), a checkpoint with the method's whole state and the metrics history, and a
+``ray.train.report`` (a barrier on every rank).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         iterations = int(train_logs.pop("_iterations", 0))
         first_step_at = train_logs.pop("_first_step_at", None)
         t_train = time.perf_counter() - t0
-        evals = {f"{s}/{k}": float(v) for s in ctx.data.eval_splits for k, v in method.evaluate(s).items()}
+        evals = _evaluate(method, ctx, epoch, history)
         row = {
             "epoch": float(epoch),
             **{f"train/{k}": v for k, v in train_logs.items()},
@@ -228,6 +229,45 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()},
             {k: v for k, v in row.items() if k != "steps"},
         )
+
+
+def is_eval_epoch(epoch: int, cfg: ExperimentConfig) -> bool:
+    """``eval.every``: epoch 0, every multiple of ``every`` and always the last epoch."""
+    return epoch == 0 or epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs
+
+
+def best_val(history: list[dict[str, Any]], metric: str, lower_is_better: bool) -> float | None:
+    """The best ``val/<metric>`` over the trained epochs (>= 1) of ``history`` (None before any)."""
+    values = [float(r[f"val/{metric}"]) for r in history
+              if r["epoch"] > 0 and r.get(f"val/{metric}") is not None and not math.isnan(r[f"val/{metric}"])]
+    if not values:
+        return None
+    return min(values) if lower_is_better else max(values)
+
+
+def _evaluate(method, ctx: Context, epoch: int, history: list[dict[str, Any]]) -> dict[str, float]:
+    """The epoch's ``split/metric`` values under ``eval.every`` and ``eval.test`` (empty on epochs
+    that skip evaluation). With ``eval.test=on_improvement`` val is evaluated first and test only
+    at epoch 0 or when the val selection metric strictly improves on the best of the earlier
+    trained epochs (recomputed from ``history``, so it survives a resume): the epoch the summary
+    selects (the first best) always has its test metrics. Without a val split, test every time."""
+    cfg = ctx.cfg
+    if not is_eval_epoch(epoch, cfg):
+        return {}
+    splits = list(ctx.data.eval_splits)
+    evals: dict[str, float] = {}
+    if cfg.eval.test == "on_improvement" and "val" in splits and "test" in splits and epoch > 0:
+        splits.remove("val")
+        evals.update({f"val/{k}": float(v) for k, v in method.evaluate("val").items()})
+        metric = cfg.eval.selection_metric
+        lower = metric in METHODS.get(cfg.method.name).lower_is_better
+        best, now = best_val(history, metric, lower), evals.get(f"val/{metric}")
+        improved = best is None or (now is not None and (now < best if lower else now > best))
+        if not improved:
+            splits.remove("test")
+    for s in splits:
+        evals.update({f"{s}/{k}": float(v) for k, v in method.evaluate(s).items()})
+    return evals
 
 
 def _train_epoch(method, ctx: Context, epoch: int, telemetry: Telemetry) -> dict[str, float]:

@@ -189,6 +189,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         base_cfg = parse_config(copy.deepcopy(base_raw))
     except ConfigError as exc:
         raise ConfigError(f"sweep: {path.name}: base: {exc}") from None
+    _check_eval_schedule(base_cfg, spec.metric, f"sweep: {path.name}: ")
     metrics = METHODS.get(base_cfg.method.name).metric_names(base_cfg)
     if spec.metric != "train/loss" and spec.metric.partition("/")[2] not in metrics:
         raise ConfigError(f"sweep: {path.name}: metric: {base_cfg.method.name} reports no {spec.metric!r} "
@@ -197,12 +198,24 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     for key, param in spec.space.items():  # every key and every value kind must fit the config
         for value in param.samples():
             try:
-                sweep.trial_config({key: value})
+                trial_cfg = sweep.trial_config({key: value})
             except ConfigError as exc:
                 raise ConfigError(f"sweep: {path.name}: space.{key}: {exc}") from None
+            _check_eval_schedule(trial_cfg, spec.metric, f"sweep: {path.name}: space.{key}: ")
     if spec.kfold:
         sweep.trial_config({}, fold=0)
     return sweep
+
+
+def _check_eval_schedule(cfg: ExperimentConfig, metric: str, where: str) -> None:
+    """Tune's schedulers (ASHA) and searchers (Optuna) need the sweep metric in every epoch's
+    report: a sweep evaluates every epoch (test only on improvement is fine for a val/ metric)."""
+    if cfg.eval.every != 1:
+        raise ConfigError(f"{where}eval.every must be 1 in a sweep (Tune needs {metric} every epoch), "
+                          f"not {cfg.eval.every}")
+    if cfg.eval.test != "every" and not metric.startswith("val/"):
+        raise ConfigError(f"{where}eval.test must be every in a sweep (Tune needs {metric} every epoch), "
+                          f"not {cfg.eval.test}")
 
 
 # ---- Tune objects ------------------------------------------------------------------------------
