@@ -94,6 +94,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     overrides = [f"data.name={args.name}"] + ([f"data.root={args.root}"] if args.root else [])
     cfg = load_config(None, overrides).data
+    if args.action == "pack":
+        return _pack(args, cfg)
     if args.action == "download":
         from reprlab.platform.data.download import download_dataset
 
@@ -113,6 +115,24 @@ def cmd_data(args: argparse.Namespace) -> int:
         split: {"images": len(s), "classes": len(s.classes())} for split, s in splits.items() if s is not None
     }
     print(json.dumps({"name": cfg.name, "root": str(data_root(cfg)), **info}, indent=2))
+    return 0
+
+
+def _pack(args: argparse.Namespace, cfg) -> int:
+    from reprlab.platform.data import load_benchmark
+    from reprlab.platform.data.shards import pack
+    from reprlab.platform.errors import ConfigError
+
+    if not args.out:
+        raise ConfigError("data pack: --out is required (a directory or s3://bucket/prefix for the shards)")
+    manifest = pack(load_benchmark(cfg), args.out, images_per_shard=args.images_per_shard,
+                    rows_per_group=args.rows_per_group, short_side=args.short_side, quality=args.quality,
+                    encoding=args.encoding, force=args.force, progress=print)
+    info = {s: {k: v for k, v in d.items() if k != "files"} | {"shards": len(d["files"]),
+                "bytes": sum(f["bytes"] for f in d["files"])} for s, d in manifest["splits"].items()}
+    print(json.dumps({"dataset": manifest["dataset"], "out": args.out, "seconds": manifest["seconds"], **info},
+                     indent=2))
+    print(f"[reprlab] train from it with --set data.name={manifest['dataset']} --set data.shards={args.out}")
     return 0
 
 
@@ -143,6 +163,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output = Path(args.output or time.strftime("runs/bench-overhead-%Y%m%d-%H%M%S"))
         result = bench_overhead(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs)
         print(format_overhead_bench(result))
+    elif args.what == "data":
+        from reprlab.platform.bench.data_bench import bench_data, format_data_bench
+
+        result = bench_data(args.root, args.output, classes=args.classes, per_class=args.per_class,
+                            image_size=args.image_size, batches=args.batches, workers=args.workers,
+                            rounds=args.rounds, short_side=args.short_side, seed=args.seed)
+        print(format_data_bench(result))
     elif args.what == "eval":
         from reprlab.platform.bench.eval_bench import bench_eval, format_eval_bench
 
@@ -220,11 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("data", help="build, describe or download a data set")
-    p.add_argument("action", choices=["build", "info", "download"])
-    p.add_argument("name", help="glyphs | cub | cars | sop | inshop | vehicleid")
+    p = sub.add_parser("data", help="build, describe, download or pack a data set into Parquet shards")
+    p.add_argument("action", choices=["build", "info", "download", "pack"])
+    p.add_argument("name", help="glyphs | cub | cars | sop | inshop | vehicleid | colored_digits")
     p.add_argument("--root", help="data directory (glyphs: cache directory)")
-    p.add_argument("--force", action="store_true", help="rebuild even if cached (glyphs)")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached (glyphs); pack: replace a shard set")
+    p.add_argument("--out", help="pack: where the shards go (a directory or s3://bucket/prefix)")
+    p.add_argument("--short-side", type=int, help="pack: downscale images whose shorter side is longer (JPEG)")
+    p.add_argument("--quality", type=int, default=90, help="pack: JPEG quality of downscaled images (default: 90)")
+    p.add_argument("--encoding", choices=["source", "raw"], default="source",
+                   help="pack: store the images' own bytes (default) or decoded pixels (larger, no decoding)")
+    p.add_argument("--images-per-shard", type=int, default=2000, help="pack: images per Parquet file (default: 2000)")
+    p.add_argument("--rows-per-group", type=int, default=32, help="pack: rows per row group (default: 32)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("methods", help="list the registered methods")
@@ -270,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(b)
     b.add_argument("--epochs", type=int, default=4, help="epochs of the run (default: 4)")
     b.add_argument("--output", help="where the run goes (default: runs/bench-overhead-TIME)")
+    b = bsub.add_parser("data", help="data loading images/s: Parquet shards vs individual image files")
+    b.add_argument("--root", help="a CUB-200-2011 directory (default: fabricate a CUB-like set in --output)")
+    b.add_argument("--output", default="runs/bench-data", help="work directory: fabricated files, shards")
+    b.add_argument("--classes", type=int, default=100, help="fabricated set: classes (default: 100)")
+    b.add_argument("--per-class", type=int, default=30, help="fabricated set: images per class (default: 30)")
+    b.add_argument("--image-size", type=int, default=224, help="crop size of the train transform (default: 224)")
+    b.add_argument("--batches", type=int, default=24, help="timed batches per side and round (default: 24)")
+    b.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    b.add_argument("--rounds", type=int, default=3, help="rounds, the sides alternating (default: 3)")
+    b.add_argument("--short-side", type=int, default=256, help="the downscaled shards' short side (default: 256)")
+    b.add_argument("--seed", type=int, default=0)
     for b in bsub.choices.values():
         b.add_argument("--json", help="also write the result as JSON to this file")
     p.set_defaults(func=cmd_bench)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from reprlab.platform.config import ExperimentConfig
 from reprlab.platform.data import DataBundle, EvalSplit
-from reprlab.platform.data.pipeline import ArrayImages, make_dataset, make_loader, sequential_batches
+from reprlab.platform.data.pipeline import ArrayImages, finish_batch, make_dataset, make_loader, sequential_batches
 from reprlab.platform.data.sampler import ClassBalancedSampler, ClusterRoundRobinSampler, shuffled_batches
 from reprlab.platform.data.types import ImageSet
 from reprlab.platform.speed import apply_speed_options, micro_batched
@@ -157,8 +157,14 @@ class Context:
     def _dataset(self, images: ImageSet, augment: bool):
         key = (id(images), augment)
         if key not in self._datasets:
-            self._datasets[key] = make_dataset(images, self.cfg.data.image_size, augment)
+            self._datasets[key] = make_dataset(images, self.cfg.data.image_size, augment,
+                                               uint8=self.device.type == "cuda")
         return self._datasets[key]
+
+    def _loader(self, ds, batches):
+        d = self.cfg.data
+        pin = d.pin_memory if d.pin_memory is not None else self.device.type == "cuda"
+        return make_loader(ds, batches, d.loader_workers, pin and torch.cuda.is_available(), d.prefetch_factor)
 
     def train_batches(
         self, index_batches: np.ndarray, epoch: int, labels: np.ndarray | None = None, *, stream: int = 0
@@ -172,11 +178,11 @@ class Context:
         ds = self._dataset(self.data.train, self.cfg.data.augment)
         if isinstance(ds, ArrayImages):
             ds.reseed(self.seed(epoch, self.rank, 0xA06, stream))
-        loader = make_loader(ds, index_batches, self.cfg.data.loader_workers, self.device.type == "cuda")
+        loader = self._loader(ds, index_batches)
         targets = torch.from_numpy(self.data.targets)
         for i, (x, idx) in enumerate(loader):
             y = targets[idx] if labels is None else torch.from_numpy(np.asarray(labels[i]))
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield finish_batch(x, self.device), y.to(self.device, non_blocking=True)
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -184,8 +190,8 @@ class Context:
         """``fn`` over all of ``images``: each rank embeds a contiguous shard, then all gather."""
         ds = self._dataset(images, augment=False)
         batches = sequential_batches(len(images), self.cfg.eval.batch_size, self.rank, self.world_size)
-        loader = make_loader(ds, batches, self.cfg.data.loader_workers, self.device.type == "cuda")
-        parts = [fn(x.to(self.device)).float().cpu() for x, _ in loader]
+        loader = self._loader(ds, batches)
+        parts = [fn(finish_batch(x, self.device)).float().cpu() for x, _ in loader]
         local = torch.cat(parts) if parts else torch.empty(0)
         if _distributed():
             gathered = [None] * self.world_size

@@ -56,7 +56,15 @@ def data_root(cfg: DataSection) -> Path:
 
 
 def load_benchmark(cfg: DataSection) -> Benchmark:
-    """Read (and for glyphs build or reuse) the data set named in ``cfg``."""
+    """Read (and for glyphs build or reuse) the data set named in ``cfg``; with ``data.shards``,
+    the Parquet shards written by ``reprlab data pack`` instead of the data set's own files."""
+    if cfg.shards:
+        from reprlab.platform.data.shards import open_shards
+
+        bench = open_shards(cfg.shards, cfg.shard_cache)
+        if bench.name != cfg.name:
+            raise DataError(f"data: data.shards holds {bench.name}, but data.name is {cfg.name}")
+        return bench
     if cfg.name == "colored_digits":  # rendered from digits that ship with scikit-learn: no root
         from reprlab.platform.data.colored_digits import load_colored_digits
 

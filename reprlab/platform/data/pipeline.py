@@ -1,9 +1,10 @@
 """From an ImageSet to batches of normalized tensors.
 
 In-memory pixel sets (the embedded glyphs) are fetched and augmented a whole batch at a time
-(``__getitems__``): one gather, one interpolate, one ``grid_sample``. File-based sets (the real
-benchmarks) decode and transform per image in DataLoader worker processes with the standard
-protocol transforms.
+(``__getitems__``): one gather, one interpolate, one ``grid_sample``. Encoded sets (the real
+benchmarks, as files or Parquet shards) are read a batch at a time and decoded and transformed
+with the standard protocol transforms, in DataLoader worker processes (``data.loader_workers``),
+which prefetch ``data.prefetch_factor`` batches each into (optionally pinned) memory.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from reprlab.platform.data.types import ImageSet
+from reprlab.platform.data.types import ImageSet, decode_pil
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,49 +86,85 @@ class ArrayImages(Dataset):
         return x[0], idx[0]
 
 
-def protocol_transform(size: int, train: bool):
-    """The benchmarks' standard transforms (protocol.md), scaled to ``size``."""
+def protocol_transform(size: int, train: bool, *, normalize: bool = True):
+    """The benchmarks' standard transforms (protocol.md), scaled to ``size``, of a PIL image.
+    ``normalize=False`` stops at a uint8 3 x size x size tensor (normalized later, a batch at a
+    time, on the device: see :func:`finish_batch`)."""
     from torchvision import transforms as T
 
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if normalize else [T.PILToTensor()]
     if train:
-        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
-    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *norm])
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
+    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *tail])
 
 
-class FileImages(Dataset):
-    """Per-image decoding of files listed in an ImageSet (run in DataLoader workers)."""
+def finish_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader's batch on ``device`` as network input: uint8 batches (decoded images) cross to
+    the device as bytes (a quarter of float32's traffic) and are scaled and normalized there in
+    one operation; float batches (in-memory sets) are normalized already."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x
+    scale = 1.0 / (255.0 * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    shift = -torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return x.float().mul_(scale).add_(shift)  # one new tensor: (x / 255 - mean) / std
 
-    def __init__(self, images: ImageSet, size: int, augment: bool = False) -> None:
+
+class EncodedImages(Dataset):
+    """Encoded images (files, or cells of Parquet shards) decoded and transformed a batch at a
+    time (``__getitems__``): in DataLoader worker processes when ``data.loader_workers`` > 0, one
+    batch per inter-process message. Shards are read one row group per touched group. With
+    ``normalize=False`` (training on a GPU) batches are uint8, a quarter of the bytes to pass
+    between processes and to the device, and :func:`finish_batch` normalizes them there."""
+
+    def __init__(self, images: ImageSet, size: int, augment: bool = False, normalize: bool = True) -> None:
         self.images = images
-        self.transform = protocol_transform(size, augment)
+        self.transform = protocol_transform(size, augment, normalize=normalize)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def _where(self, i: int) -> str:
+        s = self.images.shards
+        if s is None:
+            return str(self.images.paths[i])
+        return f"{s.files[s.file[i]]} row {s.row[i]}"
+
+    def __getitems__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(index, dtype=np.int64)
+        data = self.images.encoded(idx)
+        # default_collate stacks straight into shared memory inside a worker process (no copy
+        # when the batch is handed to the main process)
+        x = default_collate([self.transform(decode_pil(b, self._where(i))) for i, b in zip(idx, data)])
+        return x, torch.from_numpy(idx)
+
     def __getitem__(self, i: int):
-        return self.transform(self.images.load(int(i))), int(i)
+        x, idx = self.__getitems__([i])
+        return x[0], idx[0]
 
 
 def _passthrough(batch):
     return batch
 
 
-def make_dataset(images: ImageSet, size: int, augment: bool, seed: int = 0) -> Dataset:
+def make_dataset(images: ImageSet, size: int, augment: bool, seed: int = 0, *, uint8: bool = False) -> Dataset:
+    """``uint8``: encoded images leave the loader as uint8, normalized on the device (GPU)."""
     if images.pixels is not None:
         return ArrayImages(images, size, augment, seed)
-    return FileImages(images, size, augment)
+    return EncodedImages(images, size, augment, normalize=not uint8)
 
 
-def make_loader(dataset: Dataset, batches, workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over precomputed index batches (a sequence of index arrays)."""
-    batched = isinstance(dataset, ArrayImages)
+def make_loader(dataset: Dataset, batches, workers: int = 0, pin_memory: bool = False,
+                prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader over precomputed index batches (a sequence of index arrays). Datasets fetch
+    whole batches (``__getitems__``), so a batch crosses from a worker process in one piece."""
     return DataLoader(
         dataset,
         batch_sampler=[np.asarray(b).tolist() for b in batches],
         num_workers=workers,
-        collate_fn=_passthrough if batched else None,
+        collate_fn=_passthrough,
         pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if workers else None,
         persistent_workers=False,
     )
 

@@ -12,28 +12,52 @@ from reprlab.platform.errors import DataError
 
 
 @dataclass(frozen=True)
+class ShardIndex:
+    """Where each image of a set lies in Parquet shards: ``files[file[i]]``, row ``row[i]``
+    (see :mod:`reprlab.platform.data.shards`). Indexing with an array gives the subset."""
+
+    files: tuple[str, ...]
+    file: np.ndarray  # (N,) int32 index into files
+    row: np.ndarray  # (N,) int64 row in that file
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, index) -> ShardIndex:
+        return ShardIndex(self.files, self.file[index], self.row[index])
+
+    def read(self, index) -> list[bytes]:
+        """The encoded bytes of images ``index``, in order (grouped reads per row group)."""
+        from reprlab.platform.data.shards import read_encoded
+
+        return read_encoded(self, np.atleast_1d(np.asarray(index, dtype=np.int64)))
+
+
+@dataclass(frozen=True)
 class ImageSet:
     """N images with integer class labels and per-image metadata columns.
 
-    Images are either files on disk (``paths``) or decoded pixels held in memory (``pixels``,
-    uint8 N x H x W x C), never both. ``labels`` are the data set's own class ids (not remapped).
+    Images are files on disk (``paths``), decoded pixels held in memory (``pixels``, uint8
+    N x H x W x C) or encoded images in Parquet shards (``shards``): exactly one of the three.
+    ``labels`` are the data set's own class ids (not remapped).
     """
 
     labels: np.ndarray
     paths: np.ndarray | None = None
     pixels: np.ndarray | None = None
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    shards: ShardIndex | None = None
 
     def __post_init__(self) -> None:
-        if (self.paths is None) == (self.pixels is None):
-            raise ValueError("ImageSet needs exactly one of paths or pixels")
+        if sum(x is not None for x in (self.paths, self.pixels, self.shards)) != 1:
+            raise ValueError("ImageSet needs exactly one of paths, pixels or shards")
         n = len(self.labels)
         if len(self.source) != n or any(len(v) != n for v in self.meta.values()):
             raise ValueError("ImageSet columns differ in length")
 
     @property
     def source(self) -> np.ndarray:
-        return self.paths if self.paths is not None else self.pixels
+        return next(x for x in (self.paths, self.pixels, self.shards) if x is not None)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,7 +72,25 @@ class ImageSet:
             paths=None if self.paths is None else self.paths[index],
             pixels=None if self.pixels is None else self.pixels[index],
             meta={k: v[index] for k, v in self.meta.items()},
+            shards=None if self.shards is None else self.shards[index],
         )
+
+    def encoded(self, index) -> list[bytes]:
+        """The encoded (PNG/JPEG) bytes of images ``index`` as stored: a file's bytes, a shard's
+        cell. An unreadable file is one DataError line naming it."""
+        index = np.atleast_1d(np.asarray(index, dtype=np.int64))
+        if self.shards is not None:
+            return self.shards.read(index)
+        if self.paths is None:
+            raise ValueError("an in-memory ImageSet holds decoded pixels, not encoded images")
+        out = []
+        for i in index:
+            try:
+                with open(self.paths[i], "rb") as f:
+                    out.append(f.read())
+            except OSError as exc:
+                raise DataError(f"data: cannot read image {self.paths[i]}: {exc.strerror or exc}") from None
+        return out
 
     def load(self, i: int):
         """Image ``i`` as an RGB PIL image; an unreadable file raises one clear DataError."""
@@ -57,6 +99,8 @@ class ImageSet:
         if self.pixels is not None:
             px = self.pixels[i]
             return Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
+        if self.shards is not None:
+            return decode_pil(self.shards.read(i)[0], f"{self.shards.files[self.shards.file[i]]} row {self.shards.row[i]}")
         path = self.paths[i]
         try:
             with Image.open(path) as im:
@@ -85,9 +129,44 @@ class Benchmark:
         return self.query is not None
 
 
-def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """Decode encoded image bytes (PNG/JPEG) to uint8 H x W x C; DataError naming ``where``."""
+RAW_MAGIC = b"RPXL"  # raw pixels: magic, then height, width, channels (uint32 little-endian), then H*W*C bytes
+
+
+def encode_raw(pixels: np.ndarray) -> bytes:
+    """uint8 H x W x C pixels as a raw cell (no compression: nothing to decode when read)."""
+    h, w, c = pixels.shape
+    return RAW_MAGIC + np.array([h, w, c], "<u4").tobytes() + np.ascontiguousarray(pixels, np.uint8).tobytes()
+
+
+def _raw_pixels(data: bytes, where: str) -> np.ndarray:
+    h, w, c = (int(v) for v in np.frombuffer(data, "<u4", 3, len(RAW_MAGIC)))
+    body = np.frombuffer(data, np.uint8, offset=len(RAW_MAGIC) + 12)
+    if body.size != h * w * c:
+        raise DataError(f"data: cannot read image {where}: raw pixels of {h}x{w}x{c} hold {body.size} bytes")
+    return body.reshape(h, w, c)
+
+
+def decode_pil(data: bytes, where: str):
+    """Encoded image bytes (PNG, JPEG, or raw pixels) -> an RGB PIL image; a DataError naming
+    ``where`` if unreadable."""
     from PIL import Image
+
+    if data[:4] == RAW_MAGIC:
+        px = _raw_pixels(data, where)
+        return Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data: cannot read image {where}: {exc}") from None
+
+
+def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
+    """Decode encoded image bytes (PNG/JPEG/raw) to uint8 H x W x C; DataError naming ``where``."""
+    from PIL import Image
+
+    if data[:4] == RAW_MAGIC:
+        return _raw_pixels(data, where)
 
     try:
         with Image.open(io.BytesIO(data)) as im:
