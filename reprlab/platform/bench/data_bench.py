@@ -75,7 +75,7 @@ def make_cub_like(root: str | Path, classes: int = 200, per_class: int = 30, siz
             draw = ImageDraw.Draw(im)
             for _ in range(6):
                 x0, y0 = rng.integers(0, w), rng.integers(0, h)
-                draw.ellipse([x0, y0, x0 + rng.integers(10, w // 3), y0 + rng.integers(10, h // 3)],
+                draw.ellipse([x0, y0, x0 + rng.integers(2, max(3, w // 3)), y0 + rng.integers(2, max(3, h // 3))],
                              fill=tuple(int(v) for v in palette[rng.integers(0, 4)]))
             im = im.filter(ImageFilter.GaussianBlur(1.5))
             noisy = np.asarray(im, dtype=np.float32) + rng.normal(0, 6, (h, w, 3))

@@ -139,7 +139,7 @@ def pack(
     if images_per_shard < 1 or rows_per_group < 1:
         raise DataError("data: images per shard and rows per group must be at least 1")
     if short_side is not None and short_side < 8:
-        raise DataError(f"data: --short-side {short_side} is too small (at least 8)")
+        raise DataError(f"data: short side {short_side} is too small (at least 8)")
     loc = resolve(dest, "data pack --out")
     if (loc / MANIFEST).exists() and not force:
         raise DataError(f"data: {loc} already holds a shard set ({MANIFEST}); pass --force to replace it")
@@ -324,12 +324,21 @@ class _OpenShard:
     starts: np.ndarray  # first row of each row group, plus the row count
 
 
-_OPEN: dict[tuple[int, str], _OpenShard] = {}
+_OPEN: dict[tuple, _OpenShard] = {}
 
 
 def _shard(path: str) -> _OpenShard:
-    key = (os.getpid(), path)  # a forked DataLoader worker opens its own handles
+    """The open shard file at ``path``: per process (a forked DataLoader worker opens its own
+    handles) and per file version (a set packed again, or a shard fetched again, at the same
+    path is a new file: its old map and row-group offsets are dropped)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"data: cannot read shard {path}: {exc.strerror or exc}") from None
+    key = (os.getpid(), path, st.st_ino, st.st_mtime_ns, st.st_size)
     if key not in _OPEN:
+        for old in [k for k in _OPEN if k[1] == path]:
+            del _OPEN[old]
         try:
             pf = pq.ParquetFile(path, memory_map=True)
         except (OSError, pa.ArrowException) as exc:
