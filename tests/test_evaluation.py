@@ -205,6 +205,12 @@ def test_bench_small() -> None:
     assert result["max_abs_diff"] < 1e-4
     table = format_eval_bench(result)
     assert "recall@8" in table and "PML/ours" in table
+    import faiss
+
+    if faiss.get_num_gpus() > 0:  # faiss on the GPU vs on the CPU: the same metrics
+        assert result["gpu_cpu_max_abs_diff"] < 1e-4 and "CPU/GPU" in table
+    else:
+        assert "gpu_speedup" not in result and "no GPU seen by faiss" in table
 
 
 def test_bench_without_pml(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ S3-compatible server (moto's) into a checked cache; one-line errors; the data lo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from pathlib import Path
@@ -406,3 +407,44 @@ def test_bench_data_smoke(tmp_path):
     assert sides["shards, short side 256, raw"]["bytes"] > sides["shards, short side 256"]["bytes"]
     text = format_data_bench(result)
     assert all(label in text for label in sides) and "1.00x" in text
+
+
+# ---- decoding: every image kind a data set holds, one DataError line for a broken one ---------------
+
+
+def _encoded(im, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_tensor_handles_grayscale_palette_cmyk_raw_and_refuses_garbage():
+    from PIL import Image
+
+    from reprlab.platform.data.pipeline import decode_tensor
+    from reprlab.platform.data.types import encode_raw
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (12, 17, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (12, 17), dtype=np.uint8)
+    cases = {
+        "png rgb": (_encoded(Image.fromarray(rgb), "PNG"), np.asarray(Image.fromarray(rgb))),
+        "png gray": (_encoded(Image.fromarray(gray), "PNG"), np.repeat(gray[..., None], 3, 2)),
+        "png palette": (_encoded(Image.fromarray(rgb).convert("P"), "PNG"),
+                        np.asarray(Image.fromarray(rgb).convert("P").convert("RGB"))),
+        "raw rgb": (encode_raw(rgb), rgb),
+        "raw gray": (encode_raw(gray[..., None]), np.repeat(gray[..., None], 3, 2)),
+    }
+    for name, (data, expected) in cases.items():
+        x = decode_tensor(data, name)
+        assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 12, 17), name
+        assert np.array_equal(x.permute(1, 2, 0).numpy(), expected), name
+    for mode in ("L", "CMYK"):  # lossy: compare with PIL's own decoding, loosely
+        im = Image.fromarray(rgb).convert(mode)
+        data = _encoded(im, "JPEG", quality=95)
+        x = decode_tensor(data, mode).permute(1, 2, 0).numpy().astype(int)
+        ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+        assert x.shape == ref.shape and np.abs(x - ref).mean() < 8, mode
+    with pytest.raises(DataError, match=r"cannot read image broken\.jpg") as err:
+        decode_tensor(b"\xff\xd8\xff\xe0 not a jpeg", "broken.jpg")
+    assert "\n" not in str(err.value)
