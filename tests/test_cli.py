@@ -90,3 +90,16 @@ def test_bench_methods_shipped_comparison_names_the_glyphs_presets(tmp_path, cap
     assert variants[2].overrides == ("method.num_clusters=4",)
     assert main(["bench", "methods", "--comparison", str(tmp_path / "none.yaml")]) == 2
     assert "--comparison" in capsys.readouterr().err
+
+
+def test_train_asking_for_a_gpu_without_one_is_one_line_and_writes_nothing(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    rc = main(["train", "margin/glyphs", "--set", "scaling.num_workers=0", "--set", "scaling.use_gpu=true",
+               "--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not out.exists()
+    assert err.splitlines() == [err] and "scaling.use_gpu is true" in err and "scaling.use_gpu=false" in err

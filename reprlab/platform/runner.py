@@ -12,7 +12,7 @@ from reprlab.platform.data import load_bundle
 from reprlab.platform.errors import CheckpointError, ConfigError, ReprlabError
 from reprlab.platform.results import format_summary, make_summary, read_metrics_table, write_summary
 from reprlab.platform.storage import Location, check_writable, resolve
-from reprlab.platform.training import quiet_ray_logs, train_worker
+from reprlab.platform.training import quiet_ray_logs, say, train_worker
 
 RAY_RUN_NAME = "train"
 
@@ -88,6 +88,28 @@ def user_error(exc: BaseException) -> ReprlabError | None:
     return None
 
 
+def check_gpu(cfg: ExperimentConfig) -> None:
+    """An in-process run that asks for a GPU on a machine without one: one line, not CUDA's
+    traceback from deep inside the first ``.to(device)``."""
+    import torch
+
+    if cfg.scaling.use_gpu and cfg.scaling.num_workers == 0 and not torch.cuda.is_available():
+        raise ConfigError("config: scaling.use_gpu is true but this machine has no usable GPU "
+                          "(torch.cuda.is_available() is False); set scaling.use_gpu=false to train on the CPU")
+
+
+def wait_note_for_gpus(cfg: ExperimentConfig) -> None:
+    """Ray Train workers that need GPUs wait until the cluster has them (an autoscaler may add
+    GPU nodes): say so once instead of waiting silently."""
+    import ray
+
+    if cfg.scaling.use_gpu and cfg.scaling.num_workers and ray.is_initialized():
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < cfg.scaling.num_workers:
+            say(f"[reprlab] waiting for {cfg.scaling.num_workers} GPU(s): the Ray cluster has {have:g} now "
+                f"(an autoscaler may add GPU nodes; on a machine without GPUs set scaling.use_gpu=false)")
+
+
 def ensure_ray(cfg: ExperimentConfig) -> None:
     import ray
 
@@ -101,11 +123,13 @@ def run_training(cfg: ExperimentConfig, output: Path | str | Location, resume: b
     output = resolve(output)
     check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
     check_output_dir(output, resume)
+    check_gpu(cfg)
     load_bundle(cfg.data, cfg.experiment.seed)  # data problems surface here, before Ray starts
     output.mkdir()
     write_config(cfg, output / "config.yaml")
     quiet_ray_logs()
     ensure_ray(cfg)
+    wait_note_for_gpus(cfg)
     try:
         make_trainer(cfg, output).fit()
     except ReprlabError:
