@@ -103,3 +103,16 @@ def test_train_asking_for_a_gpu_without_one_is_one_line_and_writes_nothing(tmp_p
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not out.exists()
     assert err.splitlines() == [err] and "scaling.use_gpu is true" in err and "scaling.use_gpu=false" in err
+
+
+def test_a_ray_run_waiting_for_gpus_the_cluster_lacks_says_so(ray_session, capsys):
+    import ray
+
+    from reprlab.platform.config import load_config
+    from reprlab.platform.runner import wait_note_for_gpus
+
+    need = int(ray.cluster_resources().get("GPU", 0)) + 1
+    wait_note_for_gpus(load_config("margin/glyphs", [f"scaling.num_workers={need}", "scaling.use_gpu=true"]))
+    assert f"waiting for {need} GPU(s)" in capsys.readouterr().out
+    wait_note_for_gpus(load_config("margin/glyphs", ["scaling.use_gpu=false"]))  # CPU runs: nothing to say
+    assert capsys.readouterr().out == ""

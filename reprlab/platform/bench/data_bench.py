@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from reprlab.platform.data.pipeline import EncodedImages, finish_batch, make_loader, protocol_transform
+from reprlab.platform.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, EncodedImages, finish_batch, make_loader
 from reprlab.platform.data.readers import read_cub
 from reprlab.platform.data.sampler import ClassBalancedSampler
 from reprlab.platform.data.shards import open_shards, pack
@@ -91,12 +91,21 @@ def make_cub_like(root: str | Path, classes: int = 200, per_class: int = 30, siz
     return base
 
 
+def protocol_transform(size: int):
+    """The reference's train transforms, as research code writes them: PIL crop + resize, flip,
+    ``ToTensor`` and ``Normalize`` per image."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 class PerImageFiles(Dataset):
     """The reference: one file opened, decoded, transformed and normalized per ``__getitem__``."""
 
     def __init__(self, images: ImageSet, targets: np.ndarray, size: int) -> None:
         self.paths, self.targets = images.paths, targets
-        self.transform = protocol_transform(size, train=True)
+        self.transform = protocol_transform(size)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -87,22 +87,11 @@ class ArrayImages(Dataset):
         return x[0], idx[0]
 
 
-def protocol_transform(size: int, train: bool, *, normalize: bool = True):
-    """The benchmarks' standard transforms (protocol.md), scaled to ``size``, of a PIL image.
-    ``normalize=False`` stops at a uint8 3 x size x size tensor (normalized later, a batch at a
-    time, on the device: see :func:`finish_batch`)."""
-    from torchvision import transforms as T
-
-    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if normalize else [T.PILToTensor()]
-    if train:
-        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
-    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *tail])
-
-
 def tensor_transform(size: int, train: bool, *, normalize: bool = True):
-    """The same protocol transforms on decoded uint8 3 x H x W tensors (torch's vectorized
-    antialiased uint8 resize: about 2.7x faster than PIL's crop + resize + conversion here), and
-    with ``normalize`` the float conversion and normalization."""
+    """The benchmarks' standard transforms (protocol.md), scaled to ``size``, on decoded uint8
+    3 x H x W tensors (torch's vectorized antialiased uint8 resize: about 2.7x faster than PIL's
+    crop + resize + conversion here), and with ``normalize`` the float conversion and
+    normalization."""
     from torchvision.transforms import v2
 
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if normalize else []
@@ -162,18 +151,12 @@ class EncodedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _where(self, i: int) -> str:
-        s = self.images.shards
-        if s is None:
-            return str(self.images.paths[i])
-        return f"{s.files[s.file[i]]} row {s.row[i]}"
-
     def __getitems__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(index, dtype=np.int64)
         data = self.images.encoded(idx)
         # default_collate stacks straight into shared memory inside a worker process (no copy
         # when the batch is handed to the main process)
-        x = default_collate([self.transform(decode_tensor(b, self._where(i))) for i, b in zip(idx, data)])
+        x = default_collate([self.transform(decode_tensor(b, self.images.where(i))) for i, b in zip(idx, data)])
         return x, torch.from_numpy(idx)
 
     def __getitem__(self, i: int):

@@ -73,7 +73,7 @@ def _encode(images: ImageSet, rows: np.ndarray, short_side: int | None, quality:
         return data
     out = []
     for i, b in zip(rows, data):
-        im = decode_pil(b, str(images.paths[i]) if images.paths is not None else f"image {i}")
+        im = decode_pil(b, images.where(i))
         w, h = im.size
         shrink = short_side is not None and min(w, h) > short_side
         if shrink:

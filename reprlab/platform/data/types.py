@@ -92,21 +92,20 @@ class ImageSet:
                 raise DataError(f"data: cannot read image {self.paths[i]}: {exc.strerror or exc}") from None
         return out
 
+    def where(self, i: int) -> str:
+        """Where image ``i`` comes from, for messages: its file, or its shard and row."""
+        if self.shards is not None:
+            return f"{self.shards.files[self.shards.file[i]]} row {self.shards.row[i]}"
+        return str(self.paths[i]) if self.paths is not None else f"image {i}"
+
     def load(self, i: int):
-        """Image ``i`` as an RGB PIL image; an unreadable file raises one clear DataError."""
+        """Image ``i`` as an RGB PIL image; an unreadable image raises one clear DataError."""
         from PIL import Image
 
         if self.pixels is not None:
             px = self.pixels[i]
             return Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
-        if self.shards is not None:
-            return decode_pil(self.shards.read(i)[0], f"{self.shards.files[self.shards.file[i]]} row {self.shards.row[i]}")
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as exc:  # PIL raises OSError subclasses for bad files
-            raise DataError(f"data: cannot read image {path}: {exc}") from None
+        return decode_pil(self.encoded(i)[0], self.where(i))
 
 
 @dataclass(frozen=True)
