@@ -150,3 +150,20 @@ def test_micro_batches_on_two_ray_workers_train_like_one_process(ray_session, ti
     a = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
     b = pq.read_table(tmp_path / "ddp" / "metrics.parquet").to_pylist()
     assert b[1]["train/loss"] == pytest.approx(a[1]["train/loss"], rel=2e-3)
+
+
+def test_loader_options_reach_the_dataloader_and_keep_the_batches(tiny):
+    """``data.loader_workers`` and ``data.prefetch_factor`` configure the DataLoader; pinning
+    stays off without CUDA whatever ``data.pin_memory`` says; the batches are the same."""
+    def first_batch(extra):
+        cfg = load_config(None, tiny + ["scaling.num_workers=0", *extra])
+        ctx = Context(cfg, load_bundle(cfg.data, cfg.experiment.seed), torch.device("cpu"))
+        loader = ctx._loader(ctx._dataset(ctx.data.train, False), [list(range(8))])
+        return loader, next(iter(loader))
+
+    loader, (x0, i0) = first_batch([])
+    assert loader.num_workers == 0 and loader.pin_memory is False
+    loader, (x1, i1) = first_batch(["data.loader_workers=2", "data.prefetch_factor=3", "data.pin_memory=true"])
+    assert loader.num_workers == 2 and loader.prefetch_factor == 3
+    assert loader.pin_memory is torch.cuda.is_available()
+    assert torch.equal(x0, x1) and torch.equal(i0, i1)
