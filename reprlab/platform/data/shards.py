@@ -203,14 +203,6 @@ def default_cache() -> Path:
     return Path(os.environ.get("REPRLAB_SHARD_CACHE", Path.home() / ".cache" / "reprlab" / "shards"))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch(loc: Location, manifest: dict[str, Any], cache: str | os.PathLike | None = None) -> Path:
     """The shard set's files in a local directory: ``loc`` itself when local, else a cache
     directory (one per URI) where every file is downloaded once and checked against the
