@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from reprlab.platform.errors import ReprlabError
+from reprlab.platform.core.errors import ConfigError, ReprlabError
 
 DEFAULT_PRESET = "margin/glyphs"
 
@@ -22,8 +22,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reprlab.platform.runner import run_training
-    from reprlab.platform.storage import check_writable, resolve
+    from reprlab.platform.run.driver import run_training
+    from reprlab.platform.core.storage import check_writable, resolve
 
     output = resolve(args.output)  # a local or mounted directory, or s3://bucket/prefix?options
     source = args.config
@@ -45,9 +45,9 @@ def _load_train_config(source, overrides: list[str]):
     the stored config.yaml of a run there), read through a temporary local copy."""
     import tempfile
 
-    from reprlab.platform.config import load_config
-    from reprlab.platform.errors import ConfigError
-    from reprlab.platform.storage import Location, is_uri, resolve
+    from reprlab.platform.core.config import load_config
+    from reprlab.platform.core.errors import ConfigError
+    from reprlab.platform.core.storage import Location, is_uri, resolve
 
     if not (isinstance(source, Location) or is_uri(source)):
         return load_config(source, overrides)
@@ -65,7 +65,7 @@ def _load_train_config(source, overrides: list[str]):
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from reprlab.platform.tuning import load_sweep, run_sweep
+    from reprlab.platform.tune.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)  # every mistake surfaces here, before Ray starts
     output = args.output or f"runs/tune/{sweep.spec.name}"  # a path or an s3:// URI (storage.py)
@@ -81,7 +81,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from reprlab.platform.config import load_config
+    from reprlab.platform.core.config import load_config
 
     cfg = load_config(args.config or DEFAULT_PRESET, args.overrides)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -89,11 +89,21 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from reprlab.platform.config import load_config
-    from reprlab.platform.data import data_root, glyphs_config, load_benchmark
+    from reprlab.platform.core.config import load_config
+    from reprlab.platform.data import data_root, load_benchmark
+    from reprlab.platform.data.catalog import get_dataset
 
+    if args.action == "list":
+        from reprlab.platform.core.registry import DATASETS
+
+        for name, spec in DATASETS.items():
+            print(f"{name:<16} [{', '.join(sorted(spec.provides))}] {spec.description}")
+        return 0
+    if not args.name:
+        raise ConfigError(f"data {args.action}: name a data set (reprlab data list)")
     overrides = [f"data.name={args.name}"] + ([f"data.root={args.root}"] if args.root else [])
     cfg = load_config(None, overrides).data
+    spec = get_dataset(cfg.name)
     if args.action == "pack":
         return _pack(args, cfg)
     if args.action == "download":
@@ -101,27 +111,27 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         print(download_dataset(cfg.name, data_root(cfg)))
         return 0
-    if cfg.name == "glyphs":
-        from reprlab.platform.data.glyphs import build_glyphs, glyphs_info
-
-        if args.action == "build":
-            print(build_glyphs(data_root(cfg), glyphs_config(cfg), force=args.force))
-        info = glyphs_info(data_root(cfg), glyphs_config(cfg))
-        print(json.dumps(info, indent=2, default=str))
+    if args.action == "build" and "build" in spec.extra:  # cached sets: (re)build the cache
+        print(spec.extra["build"](cfg, data_root(cfg), args.force))
+    if "info" in spec.extra:
+        print(json.dumps(spec.extra["info"](cfg, data_root(cfg)), indent=2, default=str))
         return 0
     bench = load_benchmark(cfg)
     splits = {"train": bench.train, "test": bench.test, "query": bench.query, "gallery": bench.gallery}
     info = {
-        split: {"images": len(s), "classes": len(s.classes())} for split, s in splits.items() if s is not None
+        split: {"images": len(s), **({"classes": len(s.classes())} if s.labels is not None else {})}
+        for split, s in splits.items() if s is not None
     }
-    print(json.dumps({"name": cfg.name, "root": str(data_root(cfg)), **info}, indent=2))
+    root = data_root(cfg)
+    print(json.dumps({"name": cfg.name, "root": None if root is None else str(root),
+                      "provides": sorted(spec.provides), **info}, indent=2))
     return 0
 
 
 def _pack(args: argparse.Namespace, cfg) -> int:
     from reprlab.platform.data import load_benchmark
     from reprlab.platform.data.shards import pack
-    from reprlab.platform.errors import ConfigError
+    from reprlab.platform.core.errors import ConfigError
 
     if not args.out:
         raise ConfigError("data pack: --out is required (a directory or s3://bucket/prefix for the shards)")
@@ -137,7 +147,7 @@ def _pack(args: argparse.Namespace, cfg) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from reprlab.platform.method import METHODS
+    from reprlab.platform.core.registry import METHODS
 
     for name, cls in METHODS.items():
         print(f"{name:<16} {cls.description}")
@@ -150,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "faults":
         return _bench_faults(args)
     if args.what == "train":
-        from reprlab.platform.bench.train_bench import bench_train, format_train_bench
+        from reprlab.bench.train_bench import bench_train, format_train_bench
 
         result = bench_train(args.config or DEFAULT_PRESET, args.overrides, iterations=args.iterations,
                              warmup=args.warmup, rounds=args.rounds, threads=args.threads)
@@ -158,25 +168,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.what == "overhead":
         import time
 
-        from reprlab.platform.bench.overhead_bench import bench_overhead, format_overhead_bench
+        from reprlab.bench.overhead_bench import bench_overhead, format_overhead_bench
 
         output = Path(args.output or time.strftime("runs/bench-overhead-%Y%m%d-%H%M%S"))
         result = bench_overhead(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs)
         print(format_overhead_bench(result))
     elif args.what == "data":
-        from reprlab.platform.bench.data_bench import bench_data, format_data_bench
+        from reprlab.bench.data_bench import bench_data, format_data_bench
 
         result = bench_data(args.root, args.output, classes=args.classes, per_class=args.per_class,
                             image_size=args.image_size, batches=args.batches, workers=args.workers,
                             rounds=args.rounds, short_side=args.short_side, seed=args.seed)
         print(format_data_bench(result))
     elif args.what == "eval":
-        from reprlab.platform.bench.eval_bench import bench_eval, format_eval_bench
+        from reprlab.bench.eval_bench import bench_eval, format_eval_bench
 
         result = bench_eval(n=args.n, dim=args.dim, classes=args.classes, seed=args.seed)
         print(format_eval_bench(result))
     else:
-        from reprlab.platform.bench.loss_bench import bench_loss, format_loss_bench
+        from reprlab.bench.loss_bench import bench_loss, format_loss_bench
 
         result = bench_loss(batch=args.batch, dim=args.dim, classes_per_batch=args.classes_per_batch,
                             repeats=args.repeats, seed=args.seed)
@@ -187,8 +197,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_methods(args: argparse.Namespace) -> int:
-    from reprlab.platform.bench import methods_bench as mb
-    from reprlab.platform.errors import ConfigError
+    from reprlab.bench import methods_bench as mb
+    from reprlab.platform.core.errors import ConfigError
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -211,7 +221,7 @@ def _bench_methods(args: argparse.Namespace) -> int:
 def _bench_faults(args: argparse.Namespace) -> int:
     import time
 
-    from reprlab.platform.bench import fault_bench as fb
+    from reprlab.bench import fault_bench as fb
 
     output = Path(args.output or time.strftime("runs/bench-faults-%Y%m%d-%H%M%S"))
     result = fb.bench_faults(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs,
@@ -248,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("data", help="build, describe, download or pack a data set into Parquet shards")
-    p.add_argument("action", choices=["build", "info", "download", "pack"])
-    p.add_argument("name", help="glyphs | cub | cars | sop | inshop | vehicleid | colored_digits")
+    p.add_argument("action", choices=["list", "build", "info", "download", "pack"])
+    p.add_argument("name", nargs="?", help="a registered data set (reprlab data list)")
     p.add_argument("--root", help="data directory (glyphs: cache directory)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached (glyphs); pack: replace a shard set")
     p.add_argument("--out", help="pack: where the shards go (a directory or s3://bucket/prefix)")

@@ -30,7 +30,7 @@ TINY = [
 @pytest.fixture(scope="session")
 def glyphs_root(tmp_path_factory) -> Path:
     """A glyphs cache built once per session with the tiny settings."""
-    from reprlab.platform.config import load_config
+    from reprlab.platform.core.config import load_config
     from reprlab.platform.data import load_benchmark
 
     root = tmp_path_factory.mktemp("glyphs")

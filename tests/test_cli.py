@@ -83,7 +83,7 @@ def test_bench_methods_bad_variant_is_one_line(capsys):
 
 
 def test_bench_methods_shipped_comparison_names_the_glyphs_presets(tmp_path, capsys):
-    from reprlab.platform.bench.methods_bench import load_comparison
+    from reprlab.bench.methods_bench import load_comparison
 
     variants = load_comparison("glyphs")
     assert [v.label for v in variants] == ["margin", "D&C K=2", "D&C K=4", "D&C K=8", "MIC", "Sharing"]
@@ -108,8 +108,8 @@ def test_train_asking_for_a_gpu_without_one_is_one_line_and_writes_nothing(tmp_p
 def test_a_ray_run_waiting_for_gpus_the_cluster_lacks_says_so(ray_session, capsys):
     import ray
 
-    from reprlab.platform.config import load_config
-    from reprlab.platform.runner import wait_note_for_gpus
+    from reprlab.platform.core.config import load_config
+    from reprlab.platform.run.driver import wait_note_for_gpus
 
     need = int(ray.cluster_resources().get("GPU", 0)) + 1
     wait_note_for_gpus(load_config("margin/glyphs", [f"scaling.num_workers={need}", "scaling.use_gpu=true"]))

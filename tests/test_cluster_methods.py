@@ -6,26 +6,26 @@ import numpy as np
 import pytest
 import torch
 
-from reprlab.platform.clustering import (
+from reprlab.platform.eval.clustering import (
     drop_singleton_classes,
     kmeans,
     l2_normalize,
     match_clusters,
     remove_class_means,
 )
-from reprlab.platform.config import load_config
-from reprlab.platform.context import Context
-from reprlab.platform.data import load_bundle
-from reprlab.platform.data.sampler import ClassBalancedSampler, ClusterRoundRobinSampler
+from reprlab.platform.core.config import load_config
+from reprlab.platform.contract.context import Context
+from reprlab.platform.contract.context import load_run_data
+from reprlab.platform.dml.samplers import ClassBalancedSampler, ClusterRoundRobinSampler
 from reprlab.platform.dml import AdversarialDecorrelation, grad_reverse, shared_triplets
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.evaluation import nmi
-from reprlab.platform.method import METHODS
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.eval.retrieval import nmi
+from reprlab.platform.core.registry import METHODS
 
 
 def _method(tiny, *overrides: str):
     cfg = load_config(None, tiny + ["scaling.num_workers=0", *overrides])
-    ctx = Context(cfg, load_bundle(cfg.data, cfg.experiment.seed), torch.device("cpu"))
+    ctx = Context(cfg, load_run_data(cfg), torch.device("cpu"))
     method = METHODS.get(cfg.method.name)(ctx)
     method.build()
     return method
@@ -66,7 +66,7 @@ def test_a_batch_of_cluster_k_moves_only_slice_k_head_weights(tiny):
 def test_cluster_batches_come_from_their_cluster_in_turn(tiny):
     dc = _method(tiny, "method.name=divide_conquer", "method.num_clusters=2")
     dc.on_epoch_start(1)
-    sampler = dc.ctx.cluster_sampler(dc.clusters)
+    sampler = dc.cluster_sampler(dc.clusters)
     index, which = sampler.batches(1)
     assert (dc.clusters[index] == which[:, None]).all()
     assert which.tolist() == [sampler.order[i % len(sampler.order)] for i in range(len(which))]

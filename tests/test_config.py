@@ -1,8 +1,8 @@
 import pytest
 
 from reprlab.cli import main
-from reprlab.platform.config import apply_overrides, load_config, parse_config, preset_names
-from reprlab.platform.errors import ConfigError
+from reprlab.platform.core.config import apply_overrides, load_config, parse_config, preset_names
+from reprlab.platform.core.errors import ConfigError
 
 
 def test_presets_parse():
@@ -15,7 +15,7 @@ def test_presets_parse():
             continue
         load_config(name)
     cub = load_config("margin/cub")
-    assert cub.model.backbone == "resnet50" and cub.data.batch_size == 112 and cub.optim.lr == 1e-5
+    assert cub.model.backbone == "resnet50" and cub.data.global_batch == 112 and cub.optim.lr == 1e-5
 
 
 def test_method_paper_presets_carry_the_published_settings():
@@ -23,7 +23,7 @@ def test_method_paper_presets_carry_the_published_settings():
     assert {f"{m}/{b}" for m in methods for b in ("glyphs", "cub", "cars", "sop")} <= set(preset_names())
     dc = load_config("divide_conquer/cub")
     assert (dc.method.num_clusters, dc.method.recluster_every, dc.method.conquer_epoch) == (8, 2, 100)
-    assert dc.data.batch_size == 80 and dc.optim.weight_decay == 1e-4 and dc.train.epochs == 200
+    assert dc.data.global_batch == 80 and dc.optim.weight_decay == 1e-4 and dc.train.epochs == 200
     assert [load_config(f"mic/{b}").method.num_clusters for b in ("cub", "cars", "sop")] == [30, 150, 50]
     assert [load_config(f"mic/{b}").method.adversarial_weight for b in ("cub", "cars", "sop")] == [2500, 500, 250]
     assert load_config("mic/sop").method.shared_prob == 0.5
@@ -33,7 +33,7 @@ def test_method_paper_presets_carry_the_published_settings():
 @pytest.mark.parametrize("name", ["divide_conquer", "mic", "sharing"])
 def test_any_preset_switches_method_with_one_override(name):
     cfg = load_config("margin/glyphs", [f"method.name={name}", "method.beta=0.6"])
-    assert cfg.method.name == name and cfg.method.beta == 0.6 and cfg.data.batch_size == 128
+    assert cfg.method.name == name and cfg.method.beta == 0.6 and cfg.data.global_batch == 128
 
 
 def test_dotted_overrides_are_typed():

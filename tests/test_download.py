@@ -23,8 +23,8 @@ from reprlab.platform.data.download import (
     download_file,
     extract_archive,
 )
-from reprlab.platform.data.readers import read_cub
-from reprlab.platform.errors import DataError
+from reprlab.platform.data.sets.cub import read_cub
+from reprlab.platform.core.errors import DataError
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_PATH = "records/65de6-vp158/files/CUB_200_2011.tgz"

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from reprlab.platform.config import METRIC_KEYS, load_config
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.results import make_summary, read_metrics_table, write_metrics_table
-from reprlab.platform.runner import run_training
-from reprlab.platform.training import _evaluate, best_val, is_eval_epoch
-from reprlab.platform.tuning import load_sweep
+from reprlab.platform.core.config import METRIC_KEYS, load_config
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.run.results import make_summary, read_metrics_table, write_metrics_table
+from reprlab.platform.run.driver import run_training
+from reprlab.platform.run.loop import _evaluate, best_val, is_eval_epoch
+from reprlab.platform.tune.sweep import load_sweep
 
 TEST_KEYS = ("recall@1", "map@r", "nmi")
 

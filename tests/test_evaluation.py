@@ -7,18 +7,18 @@ import sys
 import numpy as np
 import pytest
 
-from reprlab.platform import evaluation
-from reprlab.platform.bench.eval_bench import (
+from reprlab.platform.eval import retrieval as evaluation
+from reprlab.bench.eval_bench import (
     bench_eval,
     class_sizes,
     format_eval_bench,
     synthetic_embeddings,
 )
-from reprlab.platform.errors import ReprlabError
-from reprlab.platform.evaluation import METRIC_KEYS, compute_metrics, nmi, pairwise_f1
+from reprlab.platform.core.errors import ReprlabError
+from reprlab.platform.eval.retrieval import METRIC_KEYS, compute_metrics, nmi, pairwise_f1
 
 pytest.importorskip("pytorch_metric_learning")
-from reprlab.platform.bench.pml_oracle import pml_metrics  # noqa: E402
+from reprlab.bench.pml_oracle import pml_metrics  # noqa: E402
 
 
 def assert_same(ours: dict[str, float], ref: dict[str, float]) -> None:

@@ -136,7 +136,7 @@ def test_workers_spread_over_both_nodes_and_share_the_run_storage(faults):
 
 
 def test_time_lost_and_checkpoint_share_from_the_epoch_timestamps():
-    from reprlab.platform.bench.fault_bench import checkpoint_overhead, recovery
+    from reprlab.bench.fault_bench import checkpoint_overhead, recovery
 
     def row(epoch, start, train, ev):
         return {"epoch": epoch, "time/started_at": start, "time/train_s": train, "time/eval_s": ev}

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from reprlab.platform.data.glyphs import (
+from reprlab.platform.data.sets.glyphs import (
     GlyphsConfig,
     build_glyphs,
     canonical_char,
@@ -21,7 +21,7 @@ from reprlab.platform.data.glyphs import (
     load_glyphs,
     matplotlib_font_dir,
 )
-from reprlab.platform.errors import DataError
+from reprlab.platform.core.errors import DataError
 
 SIZE = 24  # rendering cost does not depend on the size (glyphs are drawn on a >= 128 px canvas)
 SMALL = GlyphsConfig(size=SIZE, renders_per_face=2)

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reprlab.platform.config import load_config
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.flows import (
+from reprlab.platform.core.config import load_config
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.nn.flows import (
     ActNorm,
     InvertibleNetwork,
     factor_loss,
@@ -115,7 +115,7 @@ def test_factor_sizes_follow_the_pair_covariances_and_sum_to_the_dimension():
 
 # ---- colored digits ----------------------------------------------------------------------------------------
 def test_colored_digits_split_colors_and_pairs():
-    from reprlab.platform.data.colored_digits import ColoredDigitPairs, load_colored_digits, source_digits
+    from reprlab.platform.data.sets.colored_digits import ColoredDigitPairs, load_colored_digits, source_digits
 
     bench = load_colored_digits(size=16, seed=3, test_fraction=0.2, low=0.2)
     assert len(bench.train) + len(bench.test) == len(source_digits()[1]) == 1797
@@ -165,7 +165,7 @@ IIN_TINY = ["method.name=iin", "method.blocks=2", "method.width=16", "method.siz
 @pytest.fixture(scope="module")
 def first_stages(tmp_path_factory):
     """A finished classifier run and a finished autoencoder run (tiny, in-process)."""
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     root = tmp_path_factory.mktemp("first_stages")
     runs = {}
@@ -186,7 +186,7 @@ def _rows(run) -> list[dict]:
 
 
 def test_iin_interprets_a_classifier_in_process(first_stages, tmp_path):
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     out = tmp_path / "iin"
     summary = run_training(load_config(None, TINY + IIN_TINY + [f"method.first_stage={first_stages['classifier']}"]), out)
@@ -205,7 +205,7 @@ def test_iin_interprets_a_classifier_in_process(first_stages, tmp_path):
 
 
 def test_iin_on_an_autoencoder_resumes_exactly(first_stages, tmp_path):
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     sets = TINY + IIN_TINY + [f"method.first_stage={first_stages['autoencoder']}",
                               f"method.feature_model={first_stages['classifier']}"]
@@ -228,7 +228,7 @@ def test_iin_on_an_autoencoder_resumes_exactly(first_stages, tmp_path):
 
 @pytest.mark.slow
 def test_iin_on_two_ray_workers_matches_in_process(ray_session, first_stages, tmp_path):
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     sets = TINY + IIN_TINY + [f"method.first_stage={first_stages['classifier']}", "train.epochs=1"]
     run_training(load_config(None, sets), tmp_path / "local")
@@ -260,7 +260,7 @@ def test_bad_first_stages_are_one_config_line(first_stages, tmp_path):
 def test_frechet_distance_matches_the_closed_form():
     from scipy import linalg
 
-    from reprlab.platform.interpretation import frechet_distance
+    from reprlab.platform.eval.interpretation import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(400, 6)), rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 0.5
@@ -272,7 +272,7 @@ def test_frechet_distance_matches_the_closed_form():
 
 
 def test_iin_presets_parse_and_the_paper_preset_has_the_papers_settings(first_stages):
-    from reprlab.platform.config import preset_names
+    from reprlab.platform.core.config import preset_names
 
     runs = [f"method.first_stage={first_stages['autoencoder']}", f"method.feature_model={first_stages['classifier']}",
             "data.image_size=16"]  # the tiny first stages see 16 px images
@@ -284,14 +284,14 @@ def test_iin_presets_parse_and_the_paper_preset_has_the_papers_settings(first_st
     paper = load_config("iin/paper", runs)
     m = paper.method
     assert (m.blocks, m.width, m.depth, m.rho, m.betas, m.lr_decay) == (12, 512, 2, 0.975, (0.5, 0.9), "linear")
-    assert paper.data.batch_size == 25 and paper.optim.lr == 1.125e-4 and paper.eval.selection_metric == "nll"
+    assert paper.data.global_batch == 25 and paper.optim.lr == 1.125e-4 and paper.eval.selection_metric == "nll"
 
 
 # ---- DML first stages, glyph concepts and sketched concepts ------------------------------------------------
 def test_every_dml_method_exports_its_evaluated_embedding():
-    from reprlab.platform.config import preset_names
-    from reprlab.platform.embedding import EmbeddingMethod
-    from reprlab.platform.method import METHODS
+    from reprlab.platform.core.config import preset_names
+    from reprlab.platform.dml.method import EmbeddingMethod
+    from reprlab.platform.core.registry import METHODS
 
     sets = ["data.image_size=16", "model.width=8", "model.embed_dim=16"]
     names = [n.split("/")[0] for n in preset_names() if n.endswith("/glyphs")]
@@ -304,7 +304,7 @@ def test_every_dml_method_exports_its_evaluated_embedding():
         net = cls.network(cfg)
         frozen = cls.frozen_model(cfg, {"net": {f"module.{k}": v for k, v in net.state_dict().items()}})
         net.eval()
-        from reprlab.platform.embedding import evaluated_embedding
+        from reprlab.platform.dml.method import evaluated_embedding
 
         expected = evaluated_embedding(net(x), cls.evaluated_heads(cfg))
         z = frozen.encode(x)
@@ -321,7 +321,8 @@ def test_every_dml_method_exports_its_evaluated_embedding():
 
 def test_glyph_pairs_share_exactly_the_declared_concepts(tiny):
     from reprlab.platform.data import load_bundle, pair_source
-    from reprlab.platform.data.pairs import GlyphPairs, MetadataPairs
+    from reprlab.platform.data.pairs import MetadataPairs
+    from reprlab.platform.data.sets.glyphs import GlyphPairs
 
     cfg = load_config(None, tiny)
     train = load_bundle(cfg.data, 0).train
@@ -417,7 +418,7 @@ def test_bad_sketches_are_one_config_line(tmp_path, tiny, glyph_margin):
     with pytest.raises(ConfigError, match="only read with method.pairs=sketch"):
         load_config(None, [*base, "method.sketch=closed_loop"])
     cfg = load_config(None, [*base, "method.pairs=sketch", "method.sketch=closed_loop"])
-    from reprlab.platform.method import METHODS
+    from reprlab.platform.core.registry import METHODS
 
     assert "closed_loop_acc_from_closed_loop" in METHODS.get("iin").metric_names(cfg)
 
@@ -430,7 +431,7 @@ GLYPH_IIN = ["method.name=iin", "method.blocks=2", "method.width=16", "method.si
 @pytest.fixture(scope="module")
 def glyph_margin(tiny, tmp_path_factory):
     """A finished tiny margin run on glyphs (in-process): a DML first stage."""
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     run = tmp_path_factory.mktemp("glyph_margin") / "margin"
     run_training(load_config(None, [*tiny, "method.name=margin", "train.epochs=1", "data.iterations_per_epoch=40",
@@ -441,9 +442,9 @@ def glyph_margin(tiny, tmp_path_factory):
 def test_iin_interprets_a_dml_embedding_with_glyph_and_sketched_concepts(tiny, glyph_margin, tmp_path):
     from reprlab.platform.data import load_bundle
     from reprlab.platform.data.pipeline import normalize_pixels
-    from reprlab.platform.evaluation import compute_metrics
-    from reprlab.platform.frozen import load_frozen
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.eval.retrieval import compute_metrics
+    from reprlab.platform.contract.frozen import load_frozen
+    from reprlab.platform.run.driver import run_training
 
     # the frozen first stage is exactly the network the margin run evaluated (its last epoch)
     frozen, mcfg = load_frozen(glyph_margin, "method.first_stage")

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reprlab.platform.config import load_config
-from reprlab.platform.runner import run_training
+from reprlab.platform.core.config import load_config
+from reprlab.platform.run.driver import run_training
 
 pytestmark = pytest.mark.slow
 

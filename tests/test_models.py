@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from reprlab.platform.config import ModelSection
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.models import EmbeddingHead, EmbeddingNet, build_backbone
+from reprlab.platform.core.config import ModelSection
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.nn.backbones import EmbeddingHead, EmbeddingNet, build_backbone
 
 
 def _net(**kw):
@@ -51,7 +51,7 @@ def test_missing_weights_file_is_a_config_error(tmp_path):
 def test_headless_or_wrapped_weights_load_and_wrong_arch_is_one_line(tmp_path):
     import torchvision
 
-    from reprlab.platform.errors import CheckpointError
+    from reprlab.platform.core.errors import CheckpointError
 
     src = torchvision.models.resnet18(weights=None)
     headless = {f"module.{k}": v for k, v in src.state_dict().items() if not k.startswith("fc.")}

@@ -10,8 +10,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from reprlab.envs import ENV_ID, SamplingTeacherEnv, TeacherEnvSettings, VectorLearner
-from reprlab.platform.config import load_config
-from reprlab.platform.rl import Teacher, TeacherSettings, run_episode
+from reprlab.platform.core.config import load_config
+from reprlab.platform.rl.teacher import Teacher, TeacherSettings, run_episode
 from reprlab.platform.dml.binned_sampling import (
     bin_centres,
     bin_edges,
@@ -237,7 +237,7 @@ def test_run_episode_drives_the_environment_with_the_teacher():
 
 # ---- the method on the platform ----------------------------------------------------------------------
 def test_pads_needs_a_validation_split(tiny):
-    from reprlab.platform.errors import ConfigError
+    from reprlab.platform.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="validation split"):
         load_config(None, tiny + ["method.name=pads", "data.validation.protocol=none"])
@@ -245,7 +245,7 @@ def test_pads_needs_a_validation_split(tiny):
 
 @pytest.mark.slow
 def test_pads_runs_in_lock_step_on_two_ray_workers(ray_session, tiny, tmp_path):
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     cfg = load_config(None, tiny + ["method.name=pads", "scaling.num_workers=2", "method.iterations_per_step=2",
                                     "experiment.name=pads-lockstep"])
@@ -279,17 +279,17 @@ def test_pads_runs_in_lock_step_on_two_ray_workers(ray_session, tiny, tmp_path):
 
 
 def test_epoch_validation_reuses_the_last_teacher_steps(tiny, tmp_path, monkeypatch):
-    from reprlab.platform.context import Context
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.dml.method import EmbeddingMethod
+    from reprlab.platform.run.driver import run_training
 
     calls: list[str] = []
-    original = Context.evaluate_embeddings
+    original = EmbeddingMethod.evaluate_embeddings
 
     def counting(self, fn, split, **kw):
         calls.append(split)
         return original(self, fn, split, **kw)
 
-    monkeypatch.setattr(Context, "evaluate_embeddings", counting)
+    monkeypatch.setattr(EmbeddingMethod, "evaluate_embeddings", counting)
     cfg = load_config(None, tiny + ["method.name=pads", "scaling.num_workers=0", "method.iterations_per_step=3"])
     run_training(cfg, tmp_path / "run")
     # epoch 0: val + test; epoch 1: the reset validation, 2 teacher steps, test; epoch 2: 2 steps, test
@@ -305,7 +305,7 @@ def test_resumed_pads_run_continues_the_same_episode(tiny, tmp_path, capfd):
     # run it through, drop the checkpoints after epoch 1, and resume from there.
     import shutil
 
-    from reprlab.platform.runner import run_training
+    from reprlab.platform.run.driver import run_training
 
     common = tiny + ["method.name=pads", "scaling.num_workers=0", "method.iterations_per_step=3",
                      "train.epochs=3", "checkpoint.keep=3"]

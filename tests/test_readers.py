@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
-from reprlab.platform.data.readers import (
-    READERS,
-    read_cars,
-    read_cub,
-    read_inshop,
-    read_sop,
-    read_vehicleid,
-)
-from reprlab.platform.errors import DataError
+from reprlab.platform.core.errors import DataError
+from reprlab.platform.data.catalog import get_dataset
+from reprlab.platform.data.sets.cars import read_cars
+from reprlab.platform.data.sets.cub import read_cub
+from reprlab.platform.data.sets.inshop import read_inshop
+from reprlab.platform.data.sets.sop import read_sop
+from reprlab.platform.data.sets.vehicleid import VehicleIDSection, read_vehicleid
 
 
 def _jpeg() -> bytes:
@@ -435,11 +434,53 @@ def test_vehicleid_errors(tmp_path):
         read_vehicleid(tmp_path, test_size=1600)
 
 
-def test_readers_registry():
-    assert READERS == {
-        "cub": read_cub,
-        "cars": read_cars,
-        "sop": read_sop,
-        "inshop": read_inshop,
-        "vehicleid": read_vehicleid,
-    }
+def _assert_same_images(a, b) -> None:
+    assert (a is None) == (b is None)
+    if a is None:
+        return
+    assert a.labels.tolist() == b.labels.tolist()
+    assert a.paths.tolist() == b.paths.tolist()
+    assert a.meta.keys() == b.meta.keys()
+    for key in a.meta:
+        np.testing.assert_array_equal(a.meta[key], b.meta[key])
+
+
+def _assert_same_benchmark(a, b) -> None:
+    assert a.name == b.name
+    for split in ("train", "test", "query", "gallery"):
+        _assert_same_images(getattr(a, split), getattr(b, split))
+
+
+@pytest.mark.parametrize(
+    "name, make, read",
+    [
+        ("cub", make_cub, read_cub),
+        ("cars", make_cars, read_cars),
+        ("sop", make_sop, read_sop),
+        ("inshop", make_inshop, read_inshop),
+        ("vehicleid", make_vehicleid, read_vehicleid),
+    ],
+)
+def test_registered_datasets_load_with_their_readers(tmp_path, name, make, read):
+    make(tmp_path)
+    spec = get_dataset(name)
+    assert spec.name == name and spec.root == "required"
+    assert {"labels", "metadata"} <= spec.provides
+    assert ("query_gallery" in spec.provides) == (name in ("inshop", "vehicleid"))
+    section = SimpleNamespace(vehicleid=VehicleIDSection())
+    bench = spec.load(section, tmp_path)
+    _assert_same_benchmark(bench, read(tmp_path))
+    assert bench.has_query_gallery == ("query_gallery" in spec.provides)
+
+
+def test_vehicleid_section_picks_the_test_list(tmp_path):
+    make_vehicleid(tmp_path)
+    spec = get_dataset("vehicleid")
+    assert spec.Config is VehicleIDSection and VehicleIDSection().test_size == 800
+    for size in (1600, 2400):
+        bench = spec.load(SimpleNamespace(vehicleid=VehicleIDSection(test_size=size)), tmp_path)
+        _assert_same_benchmark(bench, read_vehicleid(tmp_path, test_size=size))
+    with pytest.raises(ValueError):
+        VehicleIDSection(test_size=1000)
+    with pytest.raises(ValueError):
+        VehicleIDSection(test_size=800, seed=1)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from reprlab.platform.data.sampler import ClassBalancedSampler
-from reprlab.platform.errors import ConfigError
+from reprlab.platform.dml.samplers import ClassBalancedSampler
+from reprlab.platform.core.errors import ConfigError
 
 
 def _targets():

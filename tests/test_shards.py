@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from reprlab.cli import main
-from reprlab.platform.bench.data_bench import bench_data, format_data_bench, make_cub_like
-from reprlab.platform.config import load_config
+from reprlab.bench.data_bench import bench_data, format_data_bench, make_cub_like
+from reprlab.platform.core.config import load_config
 from reprlab.platform.data import load_benchmark
 from reprlab.platform.data.pipeline import EncodedImages, finish_batch, make_loader, sequential_batches
-from reprlab.platform.data.readers import read_cub
+from reprlab.platform.data.sets.cub import read_cub
 from reprlab.platform.data.shards import FORMAT, MANIFEST, open_shards, pack, read_encoded
 from reprlab.platform.data.types import Benchmark, ImageSet, decode_pil
-from reprlab.platform.errors import DataError
-from reprlab.platform.results import read_metrics_table
+from reprlab.platform.core.errors import DataError
+from reprlab.platform.run.results import read_metrics_table
 from test_storage import BUCKET, _uri, s3  # noqa: F401  (the moto S3 server fixture)
 
 SPLITS = ("train", "test", "query", "gallery")

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from reprlab.platform.config import DataSection
+from reprlab.platform.core.config import DataSection
 from reprlab.platform.data import make_bundle
 from reprlab.platform.data.splits import check_min_images, holdout_split, kfold_split
 from reprlab.platform.data.types import Benchmark, ImageSet
-from reprlab.platform.errors import DataError
+from reprlab.platform.core.errors import DataError
 
 
 def _labels():

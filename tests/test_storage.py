@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from reprlab.cli import main
-from reprlab.platform.config import load_config
-from reprlab.platform.context import Context
-from reprlab.platform.errors import StorageError
-from reprlab.platform.runner import run_training
-from reprlab.platform.storage import resolve
+from reprlab.platform.core.config import load_config
+from reprlab.platform.contract.context import Context
+from reprlab.platform.core.errors import StorageError
+from reprlab.platform.run.driver import run_training
+from reprlab.platform.core.storage import resolve
 
 BUCKET = "reprlab-test"
 
@@ -130,7 +130,7 @@ def test_ray_checkpoint_in_the_bucket_falls_back_to_an_older_one(s3, monkeypatch
     # filesystem; it is truncated, so the store lists the older ones beside it in the bucket.
     import ray.train
 
-    from reprlab.platform.training import CheckpointStore
+    from reprlab.platform.run.loop import CheckpointStore
 
     run = resolve(_uri(s3, "rayckpt"))
     for epoch in (1, 2):
@@ -158,7 +158,7 @@ def test_ray_checkpoint_in_the_bucket_falls_back_to_an_older_one(s3, monkeypatch
     ("ftp://{bucket}/run", "unsupported storage ftp://"),
 ])
 def test_unusable_storage_is_one_line_before_ray_starts(s3, tiny, monkeypatch, capsys, output, message):
-    import reprlab.platform.runner as runner
+    import reprlab.platform.run.driver as runner
 
     def never(*args, **kwargs):
         raise AssertionError("Ray must not start")

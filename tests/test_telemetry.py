@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from reprlab.platform.config import load_config
-from reprlab.platform.runner import run_training
+from reprlab.platform.core.config import load_config
+from reprlab.platform.run.driver import run_training
 
 pytestmark = pytest.mark.slow
 

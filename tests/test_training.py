@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from reprlab.cli import main
-from reprlab.platform.config import METRIC_KEYS, load_config
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.runner import run_training
+from reprlab.platform.core.config import METRIC_KEYS, load_config
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.run.driver import run_training
 
 pytestmark = pytest.mark.slow
 

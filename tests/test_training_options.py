@@ -7,13 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reprlab.platform.config import load_config
-from reprlab.platform.context import Context
-from reprlab.platform.data import load_bundle
-from reprlab.platform.errors import ConfigError, ReprlabError
-from reprlab.platform.method import METHODS, unwrap
-from reprlab.platform.models import freeze_batchnorm
-from reprlab.platform.runner import run_training
+from reprlab.platform.core.config import load_config
+from reprlab.platform.contract.context import Context
+from reprlab.platform.contract.context import load_run_data
+from reprlab.platform.core.errors import ConfigError, ReprlabError
+from reprlab.platform.contract.method import METHODS, unwrap
+from reprlab.platform.nn.backbones import freeze_batchnorm
+from reprlab.platform.run.driver import run_training
 
 STEPS = 3
 
@@ -22,7 +22,7 @@ def _steps(tiny, extra: list[str], steps: int = STEPS, hook=None):
     """Losses of the first ``steps`` steps of epoch 1, in-process, and the trained method."""
     cfg = load_config(None, tiny + ["scaling.num_workers=0", *extra])
     torch.manual_seed(cfg.experiment.seed)
-    ctx = Context(cfg, load_bundle(cfg.data, cfg.experiment.seed), torch.device("cpu"))
+    ctx = Context(cfg, load_run_data(cfg), torch.device("cpu"))
     method = METHODS.get(cfg.method.name)(ctx)
     method.build()
     if hook is not None:
@@ -157,7 +157,7 @@ def test_loader_options_reach_the_dataloader_and_keep_the_batches(tiny):
     stays off without CUDA whatever ``data.pin_memory`` says; the batches are the same."""
     def first_batch(extra):
         cfg = load_config(None, tiny + ["scaling.num_workers=0", *extra])
-        ctx = Context(cfg, load_bundle(cfg.data, cfg.experiment.seed), torch.device("cpu"))
+        ctx = Context(cfg, load_run_data(cfg), torch.device("cpu"))
         loader = ctx._loader(ctx._dataset(ctx.data.train, False), [list(range(8))])
         return loader, next(iter(loader))
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from reprlab.cli import main
-from reprlab.platform.config import load_config
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.tuning import (
+from reprlab.platform.core.config import load_config
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.tune.sweep import (
     load_sweep,
     max_concurrent,
     param_space,

@@ -1,7 +1,7 @@
 """Gymnasium environments around learners. Importing this package registers
 ``reprlab/SamplingTeacher-v0`` (PADS' learner-plus-sampling loop; its default learner is the cheap
 :class:`VectorLearner`, ``gymnasium.make(ENV_ID, learner=..., settings=...)`` wraps another).
-The agent that drives it (PPO / REINFORCE) is :mod:`reprlab.platform.rl`."""
+The agent that drives it (PPO / REINFORCE) is :mod:`reprlab.platform.rl.teacher`."""
 
 import gymnasium
 

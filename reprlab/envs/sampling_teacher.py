@@ -287,7 +287,7 @@ class VectorLearner:
     def validate(self) -> dict[str, float]:
         import torch
 
-        from reprlab.platform.evaluation import class_distances, compute_metrics
+        from reprlab.platform.eval.retrieval import class_distances, compute_metrics
 
         with torch.no_grad():
             emb = self._embed(torch.from_numpy(self.x_val)).numpy()

@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from reprlab.platform.config import ExperimentConfig, MethodConfig
-from reprlab.platform.embedding import make_optimizer, make_scheduler
-from reprlab.platform.frozen import FrozenModel, load_weights
-from reprlab.platform.method import Method, register_method, unwrap
-from reprlab.platform.models import ConvDecoder, VectorEncoder, build_backbone
+from reprlab.platform.core.config import ExperimentConfig, MethodConfig
+from reprlab.platform.dml.method import make_optimizer, make_scheduler
+from reprlab.platform.contract.frozen import FrozenModel, load_weights
+from reprlab.platform.contract.method import Method, register_method, unwrap
+from reprlab.platform.nn.backbones import ConvDecoder, VectorEncoder, build_backbone
 
 
 class AutoencoderConfig(MethodConfig):
@@ -53,8 +53,9 @@ class AutoencoderNet(nn.Module):
         return self.decoder(z), mu, logvar
 
 
-def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) of every sample, averaged over the dimensions."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(1)
 
 
 @register_method
@@ -87,14 +88,15 @@ class Autoencoder(Method):
         return self.ctx.shuffled_batches(epoch)
 
     def images_per_step(self) -> int:
-        return self.ctx.cfg.data.batch_size // self.ctx.world_size
+        return self.ctx.local_batch()
 
     def train_step(self, batch) -> dict[str, float]:
         x, _ = batch
         noise = torch.randn(x.shape[0], self.ctx.cfg.model.embed_dim, generator=self.noise, device=x.device)
         (recon, mu, logvar), backward = self.ctx.micro_batched(self.net, x, noise)
-        mse = (recon - x).pow(2).mean()
-        kl = kl_per_dim(mu, logvar)
+        # means over the global batch, whatever each rank's share of it (ctx.global_mean)
+        mse = self.ctx.global_mean((recon - x).pow(2).flatten(1).mean(1))
+        kl = self.ctx.global_mean(kl_per_sample(mu, logvar))
         loss = mse + self.cfg.kl_weight * kl
         self.optimizer.zero_grad(set_to_none=True)
         backward(loss)

@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from reprlab.platform.config import ExperimentConfig, MethodConfig
-from reprlab.platform.embedding import make_optimizer, make_scheduler
-from reprlab.platform.frozen import FrozenModel, load_weights
-from reprlab.platform.method import Method, register_method, unwrap
-from reprlab.platform.models import VectorEncoder, build_backbone
+from reprlab.platform.core.config import ExperimentConfig, MethodConfig
+from reprlab.platform.dml.method import make_optimizer, make_scheduler
+from reprlab.platform.contract.frozen import FrozenModel, load_weights
+from reprlab.platform.contract.method import Method, register_method, unwrap
+from reprlab.platform.nn.backbones import VectorEncoder, build_backbone
 
 
 class ClassifierConfig(MethodConfig):
@@ -48,6 +48,10 @@ class Classifier(Method):
     lower_is_better = frozenset({"cross_entropy"})
 
     @classmethod
+    def requirements(cls, cfg: ExperimentConfig) -> frozenset[str]:
+        return frozenset({"labels"})
+
+    @classmethod
     def metric_names(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
         return ("accuracy", "cross_entropy")
 
@@ -67,12 +71,13 @@ class Classifier(Method):
         return self.ctx.shuffled_batches(epoch)
 
     def images_per_step(self) -> int:
-        return self.ctx.cfg.data.batch_size // self.ctx.world_size
+        return self.ctx.local_batch()
 
     def train_step(self, batch) -> dict[str, float]:
         x, y = batch
         logits, backward = self.ctx.micro_batched(self.net, x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        # the global batch's mean, whatever each rank's share of it (ctx.global_mean)
+        loss = self.ctx.global_mean(F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing, reduction="none"))
         self.optimizer.zero_grad(set_to_none=True)
         backward(loss)
         self.optimizer.step()

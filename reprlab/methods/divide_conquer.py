@@ -21,13 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from reprlab.platform.clustering import cluster_split, drop_singleton_classes, l2_normalize, match_clusters
-from reprlab.platform.config import ExperimentConfig
-from reprlab.platform.embedding import EmbeddingMethod, MarginSettings, make_optimizer, make_scheduler
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.method import register_method
-from reprlab.platform.models import EmbeddingNet, build_backbone
-from reprlab.platform.training import say
+from reprlab.platform.eval.clustering import cluster_split, drop_singleton_classes, l2_normalize, match_clusters
+from reprlab.platform.core.config import ExperimentConfig
+from reprlab.platform.dml.method import EmbeddingMethod, MarginSettings, make_optimizer, make_scheduler
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.contract.method import register_method
+from reprlab.platform.nn.backbones import EmbeddingNet, build_backbone
+from reprlab.platform.core.log import say
 
 
 class DivideConquerConfig(MarginSettings):
@@ -162,7 +162,7 @@ class DivideConquer(EmbeddingMethod):
             for x, y in super().batches(epoch):
                 yield x, y, None
             return
-        index, learner = self.ctx.cluster_sampler(self.clusters).batches(epoch)
+        index, learner = self.cluster_sampler(self.clusters).batches(epoch)
         for (x, y), k in zip(self.ctx.train_batches(index, epoch), learner.tolist()):
             yield x, y, k
 

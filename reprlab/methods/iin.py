@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from reprlab.platform.config import ExperimentConfig, MethodConfig
+from reprlab.platform.core.config import ExperimentConfig, MethodConfig
 from reprlab.platform.data import pair_source, pair_source_class
 from reprlab.platform.data.pipeline import denormalize, normalize_pixels
 from reprlab.platform.data.sampler import shuffled_batches
-from reprlab.platform.errors import ConfigError
-from reprlab.platform.flows import (
+from reprlab.platform.core.errors import ConfigError
+from reprlab.platform.nn.flows import (
     InvertibleNetwork,
     factor_loss,
     factor_of_dim,
@@ -45,10 +45,10 @@ from reprlab.platform.flows import (
     parse_sizes,
     unsupervised_loss,
 )
-from reprlab.platform.frozen import FrozenModel, load_frozen
-from reprlab.platform.interpretation import frechet_distance, grids_png, probe_accuracy, probe_r2, response_png, tile
-from reprlab.platform.method import Method, register_method, unwrap
-from reprlab.platform.training import say
+from reprlab.platform.contract.frozen import FrozenModel, load_frozen
+from reprlab.platform.eval.interpretation import frechet_distance, grids_png, probe_accuracy, probe_r2, response_png, tile
+from reprlab.platform.contract.method import Method, register_method, unwrap
+from reprlab.platform.core.log import say
 
 SWAPS_FILE, SAMPLES_FILE, RESPONSE_FILE = "factor_swaps.png", "samples.png", "network_response.png"
 
@@ -149,6 +149,13 @@ class IIN(Method):
         return first, first if first.head is not None else None
 
     @classmethod
+    def requirements(cls, cfg: ExperimentConfig) -> frozenset[str]:
+        """Factor pairs from the data set for the factor loss on data pairs; nothing else (a
+        sketch renders its own pairs, the unsupervised loss needs images only)."""
+        m = cfg.method
+        return frozenset({"factor_pairs"}) if m.loss == "factor" and m.pairs == "data" else frozenset()
+
+    @classmethod
     def metric_names(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
         first, judge = cls._models(cfg)
         names = ["nll"]
@@ -214,28 +221,27 @@ class IIN(Method):
             x1, x2, _ = self._global_pairs(1, 0)
             return self.encode(torch.cat([x1, x2]))
         d = self.ctx.cfg.data
-        index = shuffled_batches(len(self.ctx.data.train), d.batch_size, 1, epoch=1, seed=self.ctx.cfg.experiment.seed)
+        index = shuffled_batches(len(self.ctx.data.train), d.global_batch, 1, epoch=1, seed=self.ctx.cfg.experiment.seed)
         x, _ = next(iter(self.ctx.train_batches(index, 1)))
         return self.encode(x)
 
     # ---- data and steps ---------------------------------------------------------------------------
     def _global_pairs(self, epoch: int, iteration: int):
         rng = np.random.default_rng(self.ctx.seed(epoch, iteration, 0x11A))
-        p1, p2, shared = self.source.sample(self.ctx.cfg.data.batch_size, rng)
+        p1, p2, shared = self.source.sample(self.ctx.cfg.data.global_batch, rng)
         return self._images(p1), self._images(p2), torch.from_numpy(shared).to(self.ctx.device)
 
     def batches(self, epoch: int) -> Iterable[Any]:
         if self.source is None:
             yield from self.ctx.shuffled_batches(epoch)
             return
-        per = self.ctx.cfg.data.batch_size // self.ctx.world_size
-        rows = slice(self.ctx.rank * per, (self.ctx.rank + 1) * per)  # this rank's share of the global batch
+        rows = self.ctx.share()  # this rank's share of the global batch (need not divide evenly)
         for it in range(self.ctx.iterations_per_epoch()):
             x1, x2, shared = self._global_pairs(epoch, it)
             yield x1[rows], x2[rows], shared[rows]
 
     def images_per_step(self) -> int:
-        per = self.ctx.cfg.data.batch_size // self.ctx.world_size
+        per = self.ctx.local_batch()
         return 2 * per if self.source is not None else per
 
     def train_step(self, batch) -> dict[str, float]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from reprlab.platform.embedding import EmbeddingMethod, MarginSettings
-from reprlab.platform.method import register_method
+from reprlab.platform.dml.method import EmbeddingMethod, MarginSettings
+from reprlab.platform.contract.method import register_method
 
 
 class MarginConfig(MarginSettings):

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from reprlab.platform.clustering import cluster_split, l2_normalize, match_clusters, remove_class_means
-from reprlab.platform.embedding import DecorrelatedHeadsMethod, DecorrelatedHeadsSettings, make_optimizer, make_scheduler
-from reprlab.platform.method import register_method
-from reprlab.platform.training import say
+from reprlab.platform.eval.clustering import cluster_split, l2_normalize, match_clusters, remove_class_means
+from reprlab.platform.dml.method import DecorrelatedHeadsMethod, DecorrelatedHeadsSettings, make_optimizer, make_scheduler
+from reprlab.platform.contract.method import register_method
+from reprlab.platform.core.log import say
 
 
 class MICConfig(DecorrelatedHeadsSettings):
@@ -102,10 +102,10 @@ class MIC(DecorrelatedHeadsMethod):
     def batches(self, epoch: int) -> Iterator[tuple[tuple, tuple | None]]:
         ctx, cfg = self.ctx, self.cfg
         rng = np.random.default_rng([ctx.cfg.experiment.seed, epoch, 0x31C])  # same on every rank
-        sampler = ctx.class_balanced_sampler(targets=self.clusters, stream=1, repeat_classes=True)
+        sampler = self.class_balanced_sampler(targets=self.clusters, stream=1, repeat_classes=True)
         images, labels = noisy_cluster_batches(sampler.global_batches(epoch), self.clusters, cfg.label_noise, rng)
         shared_step = rng.random(len(images)) < cfg.shared_prob
-        class_batches = ctx.train_batches(ctx.class_balanced_sampler().batches(epoch), epoch)
+        class_batches = ctx.train_batches(self.class_balanced_sampler().batches(epoch), epoch)
         shared_batches = ctx.train_batches(
             sampler.share(images)[shared_step], epoch, sampler.share(labels)[shared_step], stream=1
         )

@@ -4,7 +4,7 @@ The learner is the margin-loss embedding network; its negatives come from a dist
 anchor-negative distance bins (:mod:`reprlab.platform.dml.binned_sampling`). The learner plus
 sampling loop is the Gymnasium environment :class:`~reprlab.envs.SamplingTeacherEnv`: one
 ``train_step`` of this method is one environment step (M learner iterations, then validation on the
-per-class hold-out). The teacher (:class:`~reprlab.platform.rl.Teacher`, PPO by default) chooses a
+per-class hold-out). The teacher (:class:`~reprlab.platform.rl.teacher.Teacher`, PPO by default) chooses a
 multiplier per bin from the environment's state and learns from the reward online.
 
 With several Ray Train workers every rank steps its own copy of the environment in lock-step: the
@@ -28,10 +28,10 @@ from pydantic import Field
 
 from reprlab.envs.sampling_teacher import SamplingTeacherEnv, TeacherEnvSettings
 from reprlab.platform.dml.binned_sampling import bin_centres, binned_triplets
-from reprlab.platform.embedding import EmbeddingMethod, MarginSettings
-from reprlab.platform.errors import ConfigError, ReprlabError
-from reprlab.platform.method import register_method
-from reprlab.platform.rl import Teacher, TeacherSettings
+from reprlab.platform.dml.method import EmbeddingMethod, MarginSettings
+from reprlab.platform.core.errors import ConfigError, ReprlabError
+from reprlab.platform.contract.method import register_method
+from reprlab.platform.rl.teacher import Teacher, TeacherSettings
 
 PLOT_FILE = "sampling_distribution.png"
 
@@ -119,7 +119,7 @@ class PADS(EmbeddingMethod):
     def validate(self) -> dict[str, float]:
         self.net.eval()
         try:
-            metrics = self.ctx.evaluate_embeddings(self.embed_for_eval, "val", class_geometry=True)
+            metrics = self.evaluate_embeddings(self.embed_for_eval, "val", class_geometry=True)
         finally:
             self.net.train()
         self._last_validation = (self.learner.iterations, metrics)

@@ -16,8 +16,8 @@ from pydantic import Field
 
 from reprlab.platform.dml import shared_triplets
 from reprlab.platform.dml.shared_triplets import SharedVariant
-from reprlab.platform.embedding import DecorrelatedHeadsMethod, DecorrelatedHeadsSettings, make_optimizer, make_scheduler
-from reprlab.platform.method import register_method
+from reprlab.platform.dml.method import DecorrelatedHeadsMethod, DecorrelatedHeadsSettings, make_optimizer, make_scheduler
+from reprlab.platform.contract.method import register_method
 
 
 class SharingConfig(DecorrelatedHeadsSettings):

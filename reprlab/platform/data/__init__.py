@@ -1,4 +1,9 @@
-"""Data sets in their protocols, validation carved out of training, and what training consumes."""
+"""Data sets in their protocols, validation carved out of training, and what training consumes.
+
+Which data sets exist and what each provides is the catalog's business
+(:mod:`reprlab.platform.data.catalog`, one module per set in ``sets/``); this module reads the
+selected one (or its Parquet shards) and applies the validation protocol.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,31 @@ from pathlib import Path
 
 import numpy as np
 
-from reprlab.platform.config import DataSection
-from reprlab.platform.data.splits import check_min_images, holdout_split, kfold_split
+from reprlab.platform.core.config import DataSection
+from reprlab.platform.core.errors import DataError
+from reprlab.platform.data.catalog import DataSet, get_dataset
+from reprlab.platform.data.splits import check_min_images, holdout_split, kfold_split, random_holdout
 from reprlab.platform.data.types import Benchmark, ImageSet
-from reprlab.platform.errors import DataError
 
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """Query = gallery (self excluded) when ``gallery`` is None, else retrieval into ``gallery``."""
+    """An evaluation split. Retrieval: query = gallery (self excluded) when ``gallery`` is None,
+    else queries retrieved from ``gallery``. Paired (``query.target`` set): a fixed set of
+    input/target samples, evaluated without augmentation."""
 
     query: ImageSet
     gallery: ImageSet | None = None
 
+    @property
+    def kind(self) -> str:
+        return "paired" if self.query.target is not None else "retrieval"
+
 
 @dataclass(frozen=True)
 class DataBundle:
-    """What a run trains and evaluates on. ``targets`` are the training labels mapped to 0..C-1."""
+    """What a run trains and evaluates on. ``targets`` are the training labels mapped to 0..C-1
+    (empty for unlabeled data), ``class_ids`` the data set's ids of those classes."""
 
     name: str
     train: ImageSet
@@ -36,28 +49,22 @@ class DataBundle:
         return len(self.class_ids)
 
 
-def glyphs_config(cfg: DataSection):
-    from reprlab.platform.data.glyphs import GlyphsConfig
-
-    g = cfg.glyphs
-    return GlyphsConfig(
-        seed=g.seed, size=g.size, renders_per_face=g.renders_per_face, extra_font_dirs=tuple(g.extra_font_dirs)
-    )
-
-
-def data_root(cfg: DataSection) -> Path:
+def data_root(cfg: DataSection) -> Path | None:
+    """``data.root``, or the cache directory of a cached set; None for sets generated in memory."""
+    spec = get_dataset(cfg.name)
     if cfg.root:
         return Path(cfg.root).expanduser().resolve()
-    if cfg.name == "glyphs":
-        from reprlab.platform.data.glyphs import default_cache_dir
-
-        return default_cache_dir()
+    if spec.root == "cache":
+        return spec.default_root()
+    if spec.root == "none":
+        return None
     raise DataError(f"data: data.root is required for {cfg.name} (the directory holding its archive layout)")
 
 
 def load_benchmark(cfg: DataSection) -> Benchmark:
-    """Read (and for glyphs build or reuse) the data set named in ``cfg``; with ``data.shards``,
+    """Read (for cached sets: build or reuse) the data set named in ``cfg``; with ``data.shards``,
     the Parquet shards written by ``reprlab data pack`` instead of the data set's own files."""
+    spec = get_dataset(cfg.name)
     if cfg.shards:
         from reprlab.platform.data.shards import open_shards
 
@@ -65,32 +72,72 @@ def load_benchmark(cfg: DataSection) -> Benchmark:
         if bench.name != cfg.name:
             raise DataError(f"data: data.shards holds {bench.name}, but data.name is {cfg.name}")
         return bench
-    if cfg.name == "colored_digits":  # rendered from digits that ship with scikit-learn: no root
-        from reprlab.platform.data.colored_digits import load_colored_digits
-
-        c = cfg.colored_digits
-        return load_colored_digits(c.size, c.seed, c.test_fraction, c.min_channel)
-    root = data_root(cfg)
-    if cfg.name == "glyphs":
-        from reprlab.platform.data.glyphs import load_glyphs
-
-        return load_glyphs(root, glyphs_config(cfg))
-    from reprlab.platform.data.readers import READERS
-
-    if cfg.name == "vehicleid":
-        return READERS[cfg.name](root, test_size=cfg.vehicleid_test_size)
-    return READERS[cfg.name](root)
+    bench = spec.load(cfg, data_root(cfg))
+    check_benchmark(bench, spec)
+    return bench
 
 
-def make_bundle(bench: Benchmark, cfg: DataSection, seed: int) -> DataBundle:
-    """Apply the validation protocol and check the training split."""
+def check_benchmark(bench: Benchmark, spec: DataSet) -> None:
+    """What a loader returned against what its data set declares: labels where it provides them,
+    input/target images of one size where it provides pairs (one DataError line naming both)."""
+    splits = {"train": bench.train, "test": bench.test, "query": bench.query, "gallery": bench.gallery}
+    for split, images in splits.items():
+        if images is None:
+            continue
+        if "labels" in spec.provides and images.labels is None:
+            raise DataError(f"data: {spec.name} declares labels, but its {split} split has none")
+        if "paired" in spec.provides:
+            check_pairs(images, f"{spec.name} {split} split")
+
+
+def check_pairs(images: ImageSet, what: str) -> None:
+    """Every input image and its target image have the same size: in-memory sets entirely,
+    encoded sets from their headers."""
+    if images.target is None:
+        raise DataError(f"data: {what} has no target images (a paired set needs one per input)")
+    if images.pixels is not None and images.target.pixels is not None:
+        a, b = images.pixels.shape[1:3], images.target.pixels.shape[1:3]
+        if a != b:
+            raise DataError(f"data: {what}: input images are {a[0]}x{a[1]} but target images are {b[0]}x{b[1]}; "
+                            "input and target must have the same size")
+        return
+    for i in range(len(images)):
+        a, b = _image_size(images, i), _image_size(images.target, i)
+        if a != b:
+            raise DataError(f"data: {what}: input {images.where(i)} is {a[0]}x{a[1]} but its target "
+                            f"{images.target.where(i)} is {b[0]}x{b[1]}; input and target must have the same size")
+
+
+def _image_size(images: ImageSet, i: int) -> tuple[int, int]:
+    """(height, width) of image ``i``, from its header where it is encoded."""
+    if images.pixels is not None:
+        return tuple(images.pixels.shape[1:3])
+    import io
+
+    from PIL import Image
+
+    data = images.encoded(i)[0]
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.height, im.width
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data: cannot read image {images.where(i)}: {exc}") from None
+
+
+def make_bundle(bench: Benchmark, cfg: DataSection, seed: int, *, min_per_class: int = 2) -> DataBundle:
+    """Apply the validation protocol and check the training split. ``min_per_class``: images every
+    training class needs (2 for methods that form positive pairs within a class)."""
     train = bench.train
-    check_min_images(train.labels, "train")
+    labeled = train.labels is not None
+    if labeled and min_per_class > 1:
+        check_min_images(train.labels, "train", min_per_class)
     val = cfg.validation
     splits: dict[str, EvalSplit] = {}
     if val.protocol == "holdout":
-        tr, va = holdout_split(train.labels, val.fraction, seed)
+        tr, va = holdout_split(train.labels, val.fraction, seed) if labeled else random_holdout(len(train), val.fraction, seed)
     elif val.protocol == "kfold":
+        if not labeled:
+            raise DataError(f"data: data.validation.protocol=kfold splits classes, and {bench.name} has no labels")
         tr, va = kfold_split(train.labels, val.folds, val.fold, seed)
     else:
         tr, va = np.arange(len(train)), np.array([], dtype=np.int64)
@@ -98,43 +145,43 @@ def make_bundle(bench: Benchmark, cfg: DataSection, seed: int) -> DataBundle:
         splits["val"] = EvalSplit(train.subset(va))
         train = train.subset(tr)
     splits["test"] = EvalSplit(bench.query, bench.gallery) if bench.has_query_gallery else EvalSplit(bench.test)
-    class_ids, targets = np.unique(train.labels, return_inverse=True)
-    return DataBundle(bench.name, train, targets.astype(np.int64), class_ids, splits)
+    if labeled:
+        class_ids, targets = np.unique(train.labels, return_inverse=True)
+    else:
+        class_ids, targets = np.array([], dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return DataBundle(bench.name, train, targets.astype(np.int64).reshape(-1), class_ids, splits)
 
 
-def load_bundle(cfg: DataSection, seed: int) -> DataBundle:
-    return make_bundle(load_benchmark(cfg), cfg, seed)
+def load_bundle(cfg: DataSection, seed: int, *, min_per_class: int = 2) -> DataBundle:
+    return make_bundle(load_benchmark(cfg), cfg, seed, min_per_class=min_per_class)
 
 
 def pair_source_class(cfg: DataSection, sketch: str | None = None):
-    """What draws pairs of images sharing known factors (IIN's concept pairs): for a data set, the
-    class of its pair source (colored digits: digit and color; glyphs: character, font weight and
-    slant), or None; with ``sketch`` (a shipped sketch's name or a sketch file), the sketch's pair
-    source itself. Either has ``factors``, ``target_kinds`` and ``probes``; the pair source
-    protocol is in :mod:`reprlab.platform.data.pairs`. A bad sketch is one ConfigError line."""
+    """What draws pairs of images sharing known factors (IIN's concept pairs): for a data set that
+    provides ``factor_pairs``, the class of its pair source, or None; with ``sketch`` (a shipped
+    sketch's name or a sketch file), the sketch's pair source itself. Either has ``factors``,
+    ``target_kinds`` and ``probes``; the pair source protocol is in
+    :mod:`reprlab.platform.data.pairs`. A bad sketch is one ConfigError line."""
     if sketch is not None:
         from reprlab.platform.data.sketch import SketchPairs
 
         return SketchPairs.load(sketch, cfg.image_size)
-    if cfg.name == "colored_digits":
-        from reprlab.platform.data.colored_digits import ColoredDigitPairs
-
-        return ColoredDigitPairs
-    if cfg.name == "glyphs":
-        from reprlab.platform.data.pairs import GlyphPairs
-
-        return GlyphPairs
-    return None
+    return get_dataset(cfg.name).pair_spec
 
 
 def pair_source(cfg: DataSection, images: ImageSet, sketch: str | None = None, all_but: float = 0.0):
     """The pair source over ``images`` (or of the sketch). ``all_but``: the fraction of pairs that
     share every factor but one, where the data set has more than two factors."""
-    cls = pair_source_class(cfg, sketch)
-    if cls is None:
-        raise DataError(f"data: {cfg.name} has no factor pairs (data sets with pairs: colored_digits, glyphs)")
     if sketch is not None:
-        return cls
-    if cfg.name == "colored_digits":
-        return cls(images, cfg.colored_digits.size, cfg.colored_digits.min_channel)
-    return cls(images, all_but=all_but)
+        return pair_source_class(cfg, sketch)
+    spec = get_dataset(cfg.name)
+    if spec.pairs is None:
+        with_pairs = [n for n, s in _registered() if s.pairs is not None]
+        raise DataError(f"data: {cfg.name} has no factor pairs (data sets with pairs: {', '.join(with_pairs)})")
+    return spec.pairs(cfg, images, all_but)
+
+
+def _registered():
+    from reprlab.platform.core.registry import DATASETS
+
+    return DATASETS.items()

@@ -4,7 +4,7 @@ Only data sets whose authors publish a direct archive are downloadable; each arc
 digest that well-known loaders verify it against (the source is named next to it). A download is
 streamed to ``<file>.part``, checked, and only then renamed, so a file with the final name has
 always passed its checksum. Archives are unpacked into the data root in the layout that
-:mod:`reprlab.platform.data.readers` reads.
+each set's reader (:mod:`reprlab.platform.data.sets.cub` and its siblings) reads.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reprlab.platform.errors import DataError
+from reprlab.platform.core.errors import DataError
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -305,7 +305,7 @@ def download_dataset(
     name: str, root: str | Path, *, base_url: str | None = None, progress: bool = True
 ) -> Path:
     """Download, verify and unpack data set ``name`` into ``root``; returns the root to hand to
-    its reader (``READERS[name](root)``).
+    its reader (``get_dataset(name).load(section, root)``, see :mod:`reprlab.platform.data.catalog`).
 
     ``base_url`` replaces the scheme and host of every archive URL (a mirror, or a local server
     in tests). Data sets without a public archive raise DataError saying where to get them.

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reprlab.platform.data.types import Benchmark, ImageSet, ShardIndex, decode_image_bytes, decode_pil, encode_raw
-from reprlab.platform.errors import DataError, StorageError
-from reprlab.platform.storage import Location, resolve
+from reprlab.platform.core.errors import DataError, StorageError
+from reprlab.platform.core.storage import Location, resolve
 
 FORMAT = "reprlab-shards/1"
 MANIFEST = "manifest.json"

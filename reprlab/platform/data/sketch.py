@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reprlab.platform.errors import ConfigError
+from reprlab.platform.core.errors import ConfigError
 
 SKETCH_DIR = Path(__file__).resolve().parents[2] / "sketches"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reprlab.platform.errors import DataError
+from reprlab.platform.core.errors import DataError
 
 
 def check_min_images(labels: np.ndarray, split: str, minimum: int = 2) -> None:
@@ -50,4 +50,15 @@ def kfold_split(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[n
     perm = np.random.default_rng([seed, 0xF01D]).permutation(classes)
     val_classes = np.array_split(perm, folds)[fold]
     is_val = np.isin(labels, val_classes)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def random_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unlabeled data: about ``fraction`` of the samples (at least one, fewer than all), drawn at
+    random, validate."""
+    if n < 2:
+        raise DataError(f"data: {n} training sample(s) cannot be split into training and validation")
+    n_val = int(np.clip(round(n * fraction), 1, n - 1))
+    is_val = np.zeros(n, bool)
+    is_val[np.random.default_rng([seed, 0xA12]).permutation(n)[:n_val]] = True
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

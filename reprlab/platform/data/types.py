@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reprlab.platform.errors import DataError
+from reprlab.platform.core.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -33,46 +33,84 @@ class ShardIndex:
         return read_encoded(self, np.atleast_1d(np.asarray(index, dtype=np.int64)))
 
 
+DENSE_KINDS = ("mask", "flow", "keypoints")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A dense target of every sample, in the pixel frame of its input image: ``mask`` (N x H x W,
+    integer or bool), ``flow`` (N x 2 x H x W displacements in pixels, from the input image to its
+    target image) or ``keypoints`` (N x K x 2 pixel coordinates x, y). A geometric augmentation
+    moves them with the image (:mod:`reprlab.platform.data.augment`)."""
+
+    kind: str
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.kind not in DENSE_KINDS:
+            raise ValueError(f"dense target kind {self.kind!r} (known: {', '.join(DENSE_KINDS)})")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index) -> Dense:
+        return Dense(self.kind, self.values[index])
+
+
 @dataclass(frozen=True)
 class ImageSet:
-    """N images with integer class labels and per-image metadata columns.
+    """N samples: images with optional integer class labels, per-image metadata columns, and for
+    image-to-image and dense sets a target image (``target``: input/target pairs, or the second
+    image of a pair) and dense targets (``dense``).
 
     Images are files on disk (``paths``), decoded pixels held in memory (``pixels``, uint8
     N x H x W x C) or encoded images in Parquet shards (``shards``): exactly one of the three.
-    ``labels`` are the data set's own class ids (not remapped).
+    ``labels`` are the data set's own class ids (not remapped), or None for unlabeled data.
     """
 
-    labels: np.ndarray
+    labels: np.ndarray | None = None
     paths: np.ndarray | None = None
     pixels: np.ndarray | None = None
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     shards: ShardIndex | None = None
+    target: ImageSet | None = None
+    dense: dict[str, Dense] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.paths, self.pixels, self.shards)) != 1:
             raise ValueError("ImageSet needs exactly one of paths, pixels or shards")
-        n = len(self.labels)
-        if len(self.source) != n or any(len(v) != n for v in self.meta.values()):
+        n = len(self.source)
+        columns = [*self.meta.values(), *self.dense.values(), *([] if self.labels is None else [self.labels]),
+                   *([] if self.target is None else [self.target])]
+        if any(len(v) != n for v in columns):
             raise ValueError("ImageSet columns differ in length")
 
     @property
     def source(self) -> np.ndarray:
         return next(x for x in (self.paths, self.pixels, self.shards) if x is not None)
 
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.source)
 
     def classes(self) -> np.ndarray:
+        if self.labels is None:
+            raise DataError("data: this image set has no labels")
         return np.unique(self.labels)
 
     def subset(self, index: np.ndarray) -> ImageSet:
         index = np.asarray(index)
         return ImageSet(
-            labels=self.labels[index],
+            labels=None if self.labels is None else self.labels[index],
             paths=None if self.paths is None else self.paths[index],
             pixels=None if self.pixels is None else self.pixels[index],
             meta={k: v[index] for k, v in self.meta.items()},
             shards=None if self.shards is None else self.shards[index],
+            target=None if self.target is None else self.target.subset(index),
+            dense={k: v[index] for k, v in self.dense.items()},
         )
 
     def encoded(self, index) -> list[bytes]:

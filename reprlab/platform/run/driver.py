@@ -1,0 +1,151 @@
+"""The driver side of ``reprlab train``: check everything, then fit a TorchTrainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reprlab.platform.core.config import ExperimentConfig
+from reprlab.platform.contract.context import load_run_data
+from reprlab.platform.core.errors import CheckpointError, ConfigError, ReprlabError
+from reprlab.platform.run.results import format_summary, make_summary, read_metrics_table, write_summary
+from reprlab.platform.core.storage import Location, check_writable, resolve
+from reprlab.platform.run.loop import quiet_ray_logs, say, train_worker
+
+RAY_RUN_NAME = "train"
+
+
+def check_output_dir(output: Path | str | Location, resume: bool) -> None:
+    """A run directory is either new (no --resume) or holds a run (--resume): never mixed up."""
+    output = resolve(output)
+    has_run = (output / "config.yaml").is_file()
+    if has_run and not resume:
+        raise ConfigError(
+            f"output: {output} already holds a run; pass --resume to continue it, or choose another --output"
+        )
+    if resume and not has_run:
+        raise CheckpointError(f"resume: {output} holds no run to resume (no config.yaml)")
+
+
+def write_config(cfg: ExperimentConfig, target: Path | str | Location) -> None:
+    """The resolved config as YAML, in run storage (what ``dump_config`` writes locally)."""
+    resolve(target).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def make_trainer(
+    cfg: ExperimentConfig, run_dir: Path | str | Location, callbacks: list | None = None, report: str = "train",
+    trial: str = "",
+):
+    """The TorchTrainer of one run (also what a Tune trial builds and fits). ``report``: how an
+    in-process run reports (see ``CheckpointStore``); in a Tune trial it forwards to Tune itself,
+    as Ray Train's callbacks (TuneReportCallback) do not run in-process. The workers get the run
+    directory as a URI (object storage) or a path; Ray persists its checkpoints under ``RUN/ray``
+    on the same storage (``storage_filesystem`` for object storage)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    run = resolve(run_dir)
+    if run.is_local:
+        storage = {"storage_path": str(run.local_path / "ray")}
+    else:
+        storage = {"storage_path": (run / "ray").path, "storage_filesystem": run.fs}
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": run.uri, "report": report,
+                           "trial": trial},
+        scaling_config=ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker=resources if sc.num_workers else None,
+        ),
+        run_config=RunConfig(
+            name=RAY_RUN_NAME,
+            **storage,
+            failure_config=FailureConfig(max_failures=sc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def user_error(exc: BaseException) -> ReprlabError | None:
+    """The ReprlabError that a Ray Train failure carries (from any worker), if there is one."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ReprlabError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        todo += list(getattr(e, "worker_failures", {}).values())
+    return None
+
+
+def check_gpu(cfg: ExperimentConfig) -> None:
+    """An in-process run that asks for a GPU on a machine without one: one line, not CUDA's
+    traceback from deep inside the first ``.to(device)``."""
+    import torch
+
+    if cfg.scaling.use_gpu and cfg.scaling.num_workers == 0 and not torch.cuda.is_available():
+        raise ConfigError("config: scaling.use_gpu is true but this machine has no usable GPU "
+                          "(torch.cuda.is_available() is False); set scaling.use_gpu=false to train on the CPU")
+
+
+def wait_note_for_gpus(cfg: ExperimentConfig) -> None:
+    """Ray Train workers that need GPUs wait until the cluster has them (an autoscaler may add
+    GPU nodes): say so once instead of waiting silently."""
+    import ray
+
+    if cfg.scaling.use_gpu and cfg.scaling.num_workers and ray.is_initialized():
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < cfg.scaling.num_workers:
+            say(f"[reprlab] waiting for {cfg.scaling.num_workers} GPU(s): the Ray cluster has {have:g} now "
+                f"(an autoscaler may add GPU nodes; on a machine without GPUs set scaling.use_gpu=false)")
+
+
+def ensure_ray(cfg: ExperimentConfig) -> None:
+    import ray
+
+    if cfg.scaling.num_workers and not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+
+def run_training(cfg: ExperimentConfig, output: Path | str | Location, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate every epoch, and write metrics.parquet, checkpoints and summary.json into
+    ``output``: a local or mounted directory, or an object-storage URI (``storage.py``)."""
+    output = resolve(output)
+    check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
+    check_output_dir(output, resume)
+    check_gpu(cfg)
+    load_run_data(cfg)  # data problems surface here, before Ray starts
+    output.mkdir()
+    write_config(cfg, output / "config.yaml")
+    quiet_ray_logs()
+    ensure_ray(cfg)
+    wait_note_for_gpus(cfg)
+    try:
+        make_trainer(cfg, output).fit()
+    except ReprlabError:
+        raise
+    except Exception as exc:
+        err = user_error(exc)
+        if err is not None:
+            raise err from None
+        raise
+    return finish_run(cfg, output)
+
+
+def finish_run(cfg: ExperimentConfig, output: Path | str | Location) -> dict[str, Any]:
+    output = resolve(output)
+    rows = read_metrics_table(output / "metrics.parquet")
+    summary = make_summary(rows, cfg.to_dict(), cfg.eval.selection_metric)
+    write_summary(output / "summary.json", summary)
+    print(format_summary(summary), flush=True)
+    return summary

@@ -1,0 +1,113 @@
+"""Run results: the per-epoch Parquet table, ``summary.json`` and the printed table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reprlab.platform.core.config import METRIC_KEYS
+from reprlab.platform.core.storage import Location, resolve
+
+
+def write_parquet(target: Path | str | Location, table: pa.Table) -> None:
+    """``table`` as one Parquet file in run storage (replaced whole: readers never see half)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    resolve(target).write_bytes(sink.getvalue().to_pybytes())
+
+
+def write_metrics_table(path: Path | str | Location, rows: list[dict[str, float]]) -> None:
+    """All epochs so far as one Parquet table (rewritten atomically: readers never see half)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.table({c: [row.get(c) for row in rows] for c in columns})
+    epochs = pa.array([int(r["epoch"]) for r in rows], pa.int64())
+    table = table.set_column(table.schema.get_field_index("epoch"), "epoch", epochs)
+    write_parquet(path, table)
+
+
+def read_metrics_table(path: Path | str | Location) -> list[dict[str, Any]]:
+    loc = resolve(path)
+    return pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
+
+
+def _split_metrics(row: dict[str, Any], split: str) -> dict[str, float]:
+    """The split's metrics in the order the method reported them (retrieval: METRIC_KEYS)."""
+    prefix = f"{split}/"
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    """``row[key]`` as a float, or None when the row lacks it: an epoch that skipped evaluation
+    (``eval.every``, ``eval.test``) has no key in memory and a null (or NaN) once read back from
+    Parquet, where ``write_metrics_table`` fills missing columns."""
+    v = row.get(key)
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_metric: str) -> dict[str, Any]:
+    """``initial`` (epoch 0), ``test`` at the best validation epoch, ``best_test`` (the epoch with
+    the best test headline metric of the method, R@1 for DML, as the papers report), and the
+    resolved ``config``. Metrics the method minimizes (losses, distances) count lower as better.
+    Only epochs that evaluated the split take part (``eval.every``, ``eval.test``); of equal
+    values the first epoch wins (``eval.test=on_improvement`` evaluates test exactly there)."""
+    from reprlab.platform.core.registry import METHODS
+
+    method = METHODS.get(config["method"]["name"])
+    sign = {m: -1.0 if m in method.lower_is_better else 1.0 for m in (selection_metric, method.headline_metric)}
+    first, trained = rows[0], [r for r in rows if r["epoch"] > 0] or rows
+
+    def having(key: str) -> list[dict[str, Any]]:  # trained rows with the metric, else any row with it
+        return ([r for r in trained if _value(r, key) is not None]
+                or [r for r in rows if _value(r, key) is not None])
+
+    val_key, test_key = f"val/{selection_metric}", f"test/{method.headline_metric}"
+    with_val, with_test = having(val_key), having(test_key)
+    has_val = bool(with_val)
+    if has_val:
+        chosen = max(with_val, key=lambda r: sign[selection_metric] * _value(r, val_key))
+    else:  # the last epoch that evaluated test
+        chosen = with_test[-1] if with_test else trained[-1]
+    best = max(with_test, key=lambda r: sign[method.headline_metric] * _value(r, test_key)) if with_test else chosen
+    return {
+        "initial": _split_metrics(first, "test"),
+        "test": _split_metrics(chosen, "test"),
+        "selected_epoch": int(chosen["epoch"]),
+        "selection": f"val/{selection_metric}" if has_val else "last epoch (no validation split)",
+        "val": _split_metrics(chosen, "val") if has_val else {},
+        "best_test": _split_metrics(best, "test"),
+        "best_test_epoch": int(best["epoch"]),
+        "epochs_completed": int(rows[-1]["epoch"]),
+        "config": config,
+    }
+
+
+def write_summary(path: Path | str | Location, summary: dict[str, Any]) -> None:
+    resolve(path).write_text(json.dumps(summary, indent=2))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A small table: initial / selected / best-test metrics, in percent."""
+    rows = [
+        ("initial (epoch 0)", summary["initial"]),
+        (f"test @ epoch {summary['selected_epoch']} (by {summary['selection']})", summary["test"]),
+        (f"best test (epoch {summary['best_test_epoch']})", summary["best_test"]),
+    ]
+    keys = list(summary["test"])
+    cols = [max(8, len(k)) for k in keys]
+
+    def cell(k: str, m: dict[str, float], w: int) -> str:  # retrieval metrics in percent, others as they are
+        v = m.get(k, float("nan"))
+        return f"{100 * v:{w}.2f}" if k in METRIC_KEYS else f"{v:{w}.4g}"
+
+    width = max(len(name) for name, _ in rows)
+    head = " " * width + "  " + "  ".join(f"{k:>{w}}" for k, w in zip(keys, cols))
+    lines = [head] + [f"{name:<{width}}  " + "  ".join(cell(k, m, w) for k, w in zip(keys, cols)) for name, m in rows]
+    return "\n".join(lines)
