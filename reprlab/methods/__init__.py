@@ -1,3 +1,9 @@
-"""Methods, one module each; importing this package registers them all."""
+"""Methods, one module each; importing this package imports (and so registers) every module in it,
+so adding a method is adding a file here."""
 
-from reprlab.methods import autoencoder, classifier, divide_conquer, iin, margin, mic, pads, sharing  # noqa: F401
+import importlib
+import pkgutil
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")

@@ -134,7 +134,7 @@ def warp_keypoints(kp: torch.Tensor, theta: torch.Tensor, in_hw: tuple[int, int]
     h, w = in_hw
     theta = theta.to(kp)
     u = kp * torch.tensor([2.0 / w, 2.0 / h], dtype=kp.dtype, device=kp.device) - 1
-    u_out = torch.einsum("nij,nkj->nki", theta[:, :, :2], u - theta[:, None, :, 2])
+    u_out = torch.einsum("nij,nkj->nki", _inverse_linear(theta), u - theta[:, None, :, 2])
     out = (u_out + 1) * (size / 2)
     return out, ((out >= 0) & (out < size)).all(-1)
 

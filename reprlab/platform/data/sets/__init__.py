@@ -1,9 +1,10 @@
-"""The data sets: one module per data set; importing this package registers them all."""
+"""The data sets: one module (or package) per data set, each registering itself with the catalog
+(:mod:`reprlab.platform.data.catalog`). Importing this package imports every module in it, so
+adding a data set is adding a file here."""
 
-from reprlab.platform.data.sets import glyphs  # noqa: F401
-from reprlab.platform.data.sets import colored_digits  # noqa: F401
-from reprlab.platform.data.sets import cub  # noqa: F401
-from reprlab.platform.data.sets import cars  # noqa: F401
-from reprlab.platform.data.sets import sop  # noqa: F401
-from reprlab.platform.data.sets import inshop  # noqa: F401
-from reprlab.platform.data.sets import vehicleid  # noqa: F401
+import importlib
+import pkgutil
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_") and _info.name != "listfiles":  # listfiles: shared parsing helpers
+        importlib.import_module(f"{__name__}.{_info.name}")
