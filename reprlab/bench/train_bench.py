@@ -97,7 +97,7 @@ def run_ours(cfg, iterations: int, warmup: int) -> dict[str, float]:
 
     method.on_iteration_end = stamped
     logs = _train_epoch(method, ctx, 1, Telemetry("bench", "bench", cfg.method.name, enabled=False))
-    return _rate(stamps, warmup, cfg.data.batch_size) | {"loss": logs["loss"]}
+    return _rate(stamps, warmup, cfg.data.global_batch) | {"loss": logs["loss"]}
 
 
 def run_pml(cfg, iterations: int, warmup: int) -> dict[str, float]:
@@ -119,8 +119,8 @@ def run_pml(cfg, iterations: int, warmup: int) -> dict[str, float]:
         "metric_loss_optimizer": torch.optim.Adam(loss.parameters(), lr=m.beta_lr, weight_decay=0.0),
     }
     total = warmup + iterations
-    sampler = samplers.MPerClassSampler(ctx.data.targets, m=d.samples_per_class, batch_size=d.batch_size,
-                                        length_before_new_iter=d.batch_size * total)
+    sampler = samplers.MPerClassSampler(ctx.data.targets, m=d.samples_per_class, batch_size=d.global_batch,
+                                        length_before_new_iter=d.global_batch * total)
     stamps: list[float] = []
     values: list[float] = []
 
@@ -129,7 +129,7 @@ def run_pml(cfg, iterations: int, warmup: int) -> dict[str, float]:
         stamps.append(time.perf_counter())
 
     trainer = trainers.MetricLossOnly(
-        models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=d.batch_size,
+        models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=d.global_batch,
         loss_funcs={"metric_loss": loss}, mining_funcs={"tuple_miner": miner},
         dataset=_LabelledImages(ctx._dataset(ctx.data.train, False), ctx.data.targets),
         sampler=sampler, iterations_per_epoch=total, dataloader_num_workers=d.loader_workers,
@@ -145,7 +145,7 @@ def run_pml(cfg, iterations: int, warmup: int) -> dict[str, float]:
             trainer.train(num_epochs=1)
     finally:
         base_trainer.tqdm = saved
-    return _rate(stamps, warmup, d.batch_size) | {"loss": sum(values) / len(values)}
+    return _rate(stamps, warmup, d.global_batch) | {"loss": sum(values) / len(values)}
 
 
 def _rate(stamps: list[float], warmup: int, batch: int) -> dict[str, float]:
@@ -182,7 +182,7 @@ def bench_train(config: str, overrides: list[str], iterations: int = 60, warmup:
     d = cfg.data
     return {
         "config": config, "overrides": overrides, "threads": threads, "iterations": iterations, "warmup": warmup,
-        "batch": d.batch_size, "classes_per_batch": d.classes_per_batch, "samples_per_class": d.samples_per_class,
+        "batch": d.global_batch, "classes_per_batch": d.classes_per_batch, "samples_per_class": d.samples_per_class,
         "width": cfg.model.width, "embed_dim": cfg.model.embed_dim, "image_size": d.image_size,
         "train": {k: v for k, v in cfg.train.model_dump().items() if k in ("amp", "channels_last", "compile",
                                                                           "grad_accumulation")},
