@@ -27,6 +27,22 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global RNG states (torch, NumPy's legacy global, random):
+    a test that draws without its own generator is still reproducible, so a tolerance that holds
+    once holds on every run of the same build (issue 15: an unseeded IIN input once failed)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
 @pytest.fixture(scope="session")
 def glyphs_root(tmp_path_factory) -> Path:
     """A glyphs cache built once per session with the tiny settings."""

@@ -22,12 +22,25 @@ def test_method_paper_presets_carry_the_published_settings():
     methods = {"divide_conquer", "mic", "sharing"}
     assert {f"{m}/{b}" for m in methods for b in ("glyphs", "cub", "cars", "sop")} <= set(preset_names())
     dc = load_config("divide_conquer/cub")
-    assert (dc.method.num_clusters, dc.method.recluster_every, dc.method.conquer_epoch) == (8, 2, 100)
+    # the authors' run scripts (issue 15): D&C's README command, MIC's Result_Runs.sh, PADS' SAMPLE_RUNS.sh
+    assert (dc.method.num_clusters, dc.method.recluster_every, dc.method.conquer_epoch) == (8, 2, 190)
+    assert dc.method.full_loss_epoch == 80 and not dc.method.learn_beta
     assert dc.data.global_batch == 80 and dc.optim.weight_decay == 1e-4 and dc.train.epochs == 200
-    assert [load_config(f"mic/{b}").method.num_clusters for b in ("cub", "cars", "sop")] == [30, 150, 50]
-    assert [load_config(f"mic/{b}").method.adversarial_weight for b in ("cub", "cars", "sop")] == [2500, 500, 250]
-    assert load_config("mic/sop").method.shared_prob == 0.5
+    mic = [load_config(f"mic/{b}") for b in ("cub", "cars", "sop")]
+    assert [c.method.num_clusters for c in mic] == [30, 150, 50]
+    assert [c.method.adversarial_weight for c in mic] == [2500, 500, 250]
+    assert [(c.train.epochs, c.optim.milestones) for c in mic] == [(100, [50]), (110, [60]), (45, [20, 35])]
+    assert all(c.data.samples_per_class == 4 and c.data.global_batch == 112 for c in mic)
+    assert mic[2].method.shared_prob == 0.5
     assert [load_config(f"sharing/{b}").method.adversarial_weight for b in ("cub", "cars")] == [2400, 900]
+    pads = [load_config(f"pads/{b}") for b in ("cub", "cars", "sop")]
+    assert [c.method.beta_lr for c in pads] == [0.001, 0.0005, 0.001]
+    assert [c.optim.milestones for c in pads] == [[150], [140], [80]]
+    assert [c.data.samples_per_class for c in pads] == [2, 4, 2]
+    # the papers' protocol: the whole training split (PADS keeps the hold-out its reward needs)
+    for m in ("margin", "divide_conquer", "mic", "sharing", "pads"):
+        for b in ("cub", "cars", "sop"):
+            assert load_config(f"{m}/{b}").data.validation.protocol == ("holdout" if m == "pads" else "none"), (m, b)
 
 
 @pytest.mark.parametrize("name", ["divide_conquer", "mic", "sharing"])

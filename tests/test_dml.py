@@ -23,20 +23,29 @@ def test_one_valid_triplet_per_anchor_positive_pair():
 
 
 def test_negatives_drawn_in_proportion_to_inverse_density():
-    emb, y = _batch(n_classes=4, m=2, dim=8, seed=1)
-    emb = emb.repeat(1, 1)
-    # one anchor with many positives: duplicate anchor 0's class so the draws are plentiful
-    rows = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(2, 8)])
-    x = torch.cat([emb[rows[:1]].repeat(401, 1), emb[rows[1:]]])
-    labels = torch.cat([torch.zeros(401, dtype=torch.long), y[rows[1:]] + 1])
+    # Catches a change of the density's exponents (e.g. the weights square-rooted, D-2 -> D-1),
+    # a missing lower clamp at 0.5, or a wrong sign: the expected frequencies are computed here
+    # from Wu et al.'s formula, not from the module, for negatives at chosen distances (0.3 lies
+    # below the clamp). 401 identical anchors x 400 positives = 160,400 draws: the standard error
+    # of a frequency is at most 0.5 / sqrt(160,400) = 0.0012, so atol 0.01 is 8 standard errors,
+    # while square-rooting the weights moves the frequencies by 0.1 or more.
+    dim = 8
+    dists = torch.tensor([0.3, 0.6, 0.8, 1.0, 1.2, 1.35], dtype=torch.float64)
+    cos = 1 - dists**2 / 2
+    negatives = torch.zeros(len(dists), dim, dtype=torch.float64)
+    negatives[:, 0] = cos
+    negatives[torch.arange(len(dists)), torch.arange(1, len(dists) + 1)] = (1 - cos**2).sqrt()
+    anchor = torch.zeros(1, dim, dtype=torch.float64)
+    anchor[0, 0] = 1.0
+    x = torch.cat([anchor.repeat(401, 1), negatives]).float()
+    labels = torch.cat([torch.zeros(401, dtype=torch.long), torch.arange(1, len(dists) + 1)])
     a, _, n = distance_weighted_triplets(x, labels, torch.Generator().manual_seed(0), nonzero_loss_cutoff=4.0)
-    draws = n[a == 0] - 401  # anchor 0's negatives among the 6 others
-    freq = torch.bincount(draws, minlength=6).float() / len(draws)
-    d = pairwise_distances(x[:1], x[401:])
-    logw = negative_log_weights(d, torch.zeros_like(d, dtype=torch.bool), x.shape[1], 0.5, 4.0)[0]
-    expected = torch.softmax(logw, 0)
-    assert len(draws) == 400
-    assert torch.allclose(freq, expected, atol=0.08), (freq, expected)
+    assert len(a) == 401 * 400 and (a < 401).all()
+    freq = torch.bincount(n - 401, minlength=len(dists)).double() / len(n)
+    d = dists.clamp_min(0.5)
+    w = d ** (2 - dim) * (1 - d**2 / 4) ** ((3 - dim) / 2)
+    expected = w / w.sum()
+    assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
 
 
 def test_negatives_beyond_the_cutoff_are_never_drawn():
@@ -72,3 +81,39 @@ def test_beta_is_per_class_and_learnable():
     loss_fn(emb, y, trip).backward()
     assert loss_fn.beta.shape == (8,) and loss_fn.beta.grad.abs().sum() > 0
     assert not MarginLoss(8, learn_beta=False).beta.requires_grad
+
+
+def test_margin_loss_normalization_modes():
+    # Catches: active_triplets counting terms (the two modes equal) or any term count other than
+    # the formula's; on these triplets some have both terms active, so the two counts differ.
+    emb, y = _batch(seed=4)
+    trip = distance_weighted_triplets(emb, y, torch.Generator().manual_seed(0), nonzero_loss_cutoff=2.0)
+    a, p, n = trip
+    d_ap, d_an = (emb[a] - emb[p]).norm(dim=1), (emb[a] - emb[n]).norm(dim=1)
+    pos, neg = F.relu(d_ap - 1.2 + 0.2), F.relu(1.2 - d_an + 0.2)
+    both = ((pos > 0) & (neg > 0)).sum().item()
+    assert both > 0
+    terms = MarginLoss(8, normalization="active_terms")(emb, y, trip).item()
+    triplets = MarginLoss(8, normalization="active_triplets")(emb, y, trip).item()
+    total = (pos + neg).sum().item()
+    assert terms == pytest.approx(total / ((pos > 0).sum() + (neg > 0).sum()).item(), rel=1e-5)
+    assert triplets == pytest.approx(total / ((pos > 0) | (neg > 0)).sum().item(), rel=1e-5)
+
+
+def test_divide_conquer_full_embedding_normalizes_each_slice_then_the_whole():
+    # Catches the bug of issue 15 (the raw concatenation normalized as a whole): with one slice's
+    # weights 10x larger, that slice would dominate the full embedding; normalized per slice,
+    # every slice of the full embedding has norm 1/sqrt(K) and is learner k's embedding / sqrt(K).
+    from reprlab.methods.divide_conquer import Learners
+
+    torch.manual_seed(0)
+    learners = Learners(in_dim=12, dim=8, k=2, masks=False)
+    with torch.no_grad():
+        learners.slices[0].weight.mul_(10.0)
+    feats = torch.randn(32, 12)
+    full = learners.full(feats)
+    assert torch.allclose(full.norm(dim=1), torch.ones(32), atol=1e-6)
+    for k in range(2):
+        part = full[:, 4 * k: 4 * (k + 1)]
+        assert torch.allclose(part.norm(dim=1), torch.full((32,), 0.5**0.5), atol=1e-6)
+        assert torch.allclose(part * 2**0.5, learners.learner(feats, k), atol=1e-6)

@@ -23,17 +23,17 @@ RUNS = {
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_method_trains_with_two_ray_workers(ray_session, tiny, tmp_path, name, capfd):
     cfg = load_config(None, tiny + [f"method.name={name}", "scaling.num_workers=2", *RUNS[name]])
-    summary = run_training(cfg, tmp_path / "run")
+    # The tautologies that stood here (recall@1 > 0, adversarial < 0, shared_loss >= 0) are gone
+    # (issue 15); none of margin, D&C, MIC or Sharing improves on its epoch 0 on this tiny fixture
+    # (docs/DEPARTURES.md, "Tests"), so no learning claim is made here.
+    run_training(cfg, tmp_path / "run")
     rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert all(math.isfinite(r["train/loss"]) for r in rows[1:])
-    assert summary["test"]["recall@1"] > 0
     out = capfd.readouterr().out
     if name == "divide_conquer":
         assert "clustered into 2" in out
         assert [r["train/conquer"] for r in rows[1:]] == [0.0, 1.0]
-    else:
-        assert all(r["train/adversarial"] < 0 and r["train/shared_loss"] >= 0 for r in rows[1:])
     if name == "mic":
         assert "initial pseudo-labels" in out
 

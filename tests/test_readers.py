@@ -469,7 +469,17 @@ def test_registered_datasets_load_with_their_readers(tmp_path, name, make, read)
     assert ("query_gallery" in spec.provides) == (name in ("inshop", "vehicleid"))
     section = SimpleNamespace(vehicleid=VehicleIDSection())
     bench = spec.load(section, tmp_path)
-    _assert_same_benchmark(bench, read(tmp_path))
+    # Against the fabricated tree, not against the reader itself (comparing the registry's loader
+    # with the function it calls was true by construction). Catches a registry entry bound to
+    # another set's reader (no images would be found), lost or duplicated images, and overlap.
+    on_disk = {str(p.resolve()) for p in tmp_path.rglob("*") if p.suffix.lower() == ".jpg"}
+    splits = [x for x in (bench.train, bench.test, bench.query, bench.gallery) if x is not None]
+    read_paths = [str(Path(q).resolve()) for x in splits for q in x.paths]
+    assert read_paths and set(read_paths) <= on_disk
+    assert len(set(map(str, bench.train.paths))) == len(bench.train)
+    evaluated = bench.test if bench.test is not None else bench.query
+    assert not set(map(str, bench.train.paths)) & set(map(str, evaluated.paths))
+    _assert_disjoint(bench.train, evaluated)
     assert bench.has_query_gallery == ("query_gallery" in spec.provides)
 
 

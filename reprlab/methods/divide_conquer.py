@@ -7,7 +7,8 @@ matched to the old ones so every learner keeps similar data, and classes with a 
 cluster are dropped there. The embedding is cut into K learners (contiguous slices, each
 normalized on its own, or learnable ReLU masks); batches come from the clusters in turn, and a
 batch of cluster k trains learner k only, with its own margin criterion.
-Conquer: from ``conquer_epoch`` on, the full embedding is fine-tuned on all data.
+Conquer: from ``conquer_epoch`` on, the full embedding is fine-tuned on all data. The reference
+code moves the loss to the full embedding earlier, on cluster batches (``full_loss_epoch``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class DivideConquerConfig(MarginSettings):
     kmeans_niter: int = Field(100, ge=1)
     kmeans_nredo: int = Field(5, ge=1)
     conquer_epoch: int | None = Field(None, ge=1, description="first epoch of full-embedding fine-tuning")
+    full_loss_epoch: int | None = Field(
+        None, ge=1, description="first epoch whose cluster batches train the full embedding (with their learner's "
+        "criterion) until conquer_epoch; the reference code's ceil(finetune_epoch * 8 / 19). None: never")
     masks: bool = Field(False, description="learnable ReLU masks instead of fixed slices")
     mask_lambda: float = Field(0.01, ge=0, description="weight of the masks' orthogonality penalty")
     mask_lr_factor: float = Field(100.0, gt=0, description="mask learning rate = optim.lr x this")
@@ -67,8 +71,14 @@ class Learners(nn.Module):
             self.slices = nn.ModuleList(nn.Linear(in_dim, dim // k) for _ in range(k))
 
     def full(self, feats: torch.Tensor) -> torch.Tensor:
-        raw = self.fc(feats) if hasattr(self, "masks") else torch.cat([s(feats) for s in self.slices], dim=1)
-        return F.normalize(raw, dim=-1)
+        """The full embedding as the paper and the reference code define it: every learner's
+        slice L2-normalized on its own, concatenated, then the whole normalized (a uniform
+        1/sqrt(K) for fixed slices, so distances rank as between the concatenated unit slices).
+        Masks: each learner's masked embedding overlaps the others, so the one linear map's output
+        is normalized as a whole."""
+        if hasattr(self, "masks"):
+            return F.normalize(self.fc(feats), dim=-1)
+        return F.normalize(torch.cat([F.normalize(s(feats), dim=-1) for s in self.slices], dim=1), dim=-1)
 
     def learner(self, feats: torch.Tensor, k: int) -> torch.Tensor:
         if hasattr(self, "masks"):
@@ -128,8 +138,13 @@ class DivideConquer(EmbeddingMethod):
     def conquering(self, epoch: int) -> bool:
         return self.cfg.conquer_epoch is not None and epoch >= self.cfg.conquer_epoch
 
+    def full_loss(self, epoch: int) -> bool:
+        """Cluster batches train the full embedding (the reference code's schedule)."""
+        return self.cfg.full_loss_epoch is not None and epoch >= self.cfg.full_loss_epoch
+
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
+        self.epoch = epoch
         if not self.conquering(epoch) and (self.clusters is None or (epoch - 1) % self.cfg.recluster_every == 0):
             self.recluster(epoch)
 
@@ -168,11 +183,12 @@ class DivideConquer(EmbeddingMethod):
 
     def train_step(self, batch) -> dict[str, float]:
         x, y, k = batch
-        out, backward = self.ctx.micro_batched(self.net, x, **({} if k is None else {"learner": k}))
-        emb = self.ctx.gather(out["embed" if k is None else "learner"])
+        full = k is None or self.full_loss(self.epoch)
+        out, backward = self.ctx.micro_batched(self.net, x, **({} if full else {"learner": k}))
+        emb = self.ctx.gather(out["embed" if full else "learner"])
         criterion = self.criteria[-1 if k is None else k]
         loss, n_triplets = self.margin_loss(criterion, emb, self.ctx.gather(y))
-        logs = {"triplets": float(n_triplets), "conquer": float(k is None)}
+        logs = {"triplets": float(n_triplets), "conquer": float(k is None), "full_loss": float(full)}
         if self.cfg.masks:
             penalty = self.model.heads["learners"].orthogonality()
             loss = loss + self.cfg.mask_lambda * penalty

@@ -10,15 +10,21 @@ from reprlab.platform.dml.distances import pairwise_distances
 
 
 class MarginLoss(nn.Module):
-    """relu(d(a,p) - beta + margin) + relu(beta - d(a,n) + margin), averaged over the pairs with
-    non-zero loss; beta is the anchor class's (or a single shared) learnable boundary, with an
-    optional ``nu * sum(beta)`` regularizer."""
+    """relu(d(a,p) - beta + margin) + relu(beta - d(a,n) + margin), summed and divided by the
+    number of non-zero terms (``normalization="active_terms"``: Wu et al. and
+    pytorch-metric-learning) or by the number of triplets with any non-zero term
+    (``"active_triplets"``: the PyTorch reference codes of D&C, MIC, PADS and Revisiting DML);
+    beta is the anchor class's (or a single shared) learnable boundary, with an optional
+    ``nu * sum(beta)`` regularizer."""
 
     def __init__(
-        self, num_classes: int, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True, nu: float = 0.0
+        self, num_classes: int, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True, nu: float = 0.0,
+        normalization: str = "active_terms",
     ) -> None:
         super().__init__()
-        self.margin, self.nu = margin, nu
+        if normalization not in ("active_terms", "active_triplets"):
+            raise ValueError(f"normalization must be active_terms or active_triplets, got {normalization!r}")
+        self.margin, self.nu, self.normalization = margin, nu, normalization
         self.beta = nn.Parameter(torch.full((num_classes if learn_beta else 1,), float(beta)), requires_grad=learn_beta)
 
     def forward(
@@ -32,7 +38,10 @@ class MarginLoss(nn.Module):
         d_an = (emb[a] - emb[n]).pow(2).sum(1).add(1e-8).sqrt()
         pos = F.relu(d_ap - beta + self.margin)
         neg = F.relu(beta - d_an + self.margin)
-        active = (pos > 0).sum() + (neg > 0).sum()
+        if self.normalization == "active_terms":
+            active = (pos > 0).sum() + (neg > 0).sum()
+        else:
+            active = ((pos > 0) | (neg > 0)).sum()
         loss = (pos.sum() + neg.sum()) / active.clamp_min(1)
         if self.nu:
             loss = loss + self.nu * beta.sum() / active.clamp_min(1)

@@ -30,6 +30,9 @@ class MarginSettings(MethodConfig):
     nu: float = Field(0.0, ge=0, description="beta regularization")
     cutoff: float = Field(0.5, gt=0, description="distance-weighted sampling: lower distance clamp")
     nonzero_loss_cutoff: float = Field(1.4, gt=0, description="negatives farther than this are not drawn")
+    loss_normalization: Literal["active_terms", "active_triplets"] = Field(
+        "active_terms", description="divide the summed margin loss by its non-zero terms (Wu et al., PML) or by the "
+        "triplets with any non-zero term (the PyTorch reference codes; docs/DEPARTURES.md)")
 
 
 class DecorrelatedHeadsSettings(MarginSettings):
@@ -38,6 +41,8 @@ class DecorrelatedHeadsSettings(MarginSettings):
     adversarial_weight: float = Field(2500.0, ge=0, description="weight w of the decorrelation loss")
     adversarial_hidden: int = Field(512, ge=1, description="hidden width of the projection R")
     adversarial_lr: float | None = Field(None, gt=0, description="learning rate of R (default: optim.lr)")
+    adversarial_weight_decay: float | None = Field(
+        None, ge=0, description="weight decay of R (default: optim.weight_decay; MIC's reference code: 1e-6)")
     evaluate: Literal["class", "concat"] = Field("class", description="evaluate the class head or both heads")
 
 
@@ -124,7 +129,7 @@ class EmbeddingMethod(Method):
 
     def margin_criterion(self, num_classes: int) -> MarginLoss:
         c = self.cfg
-        return MarginLoss(num_classes, c.margin, c.beta, c.learn_beta, c.nu).to(self.ctx.device)
+        return MarginLoss(num_classes, c.margin, c.beta, c.learn_beta, c.nu, c.loss_normalization).to(self.ctx.device)
 
     def beta_groups(self, *criteria: MarginLoss) -> list[dict]:
         """Optimizer groups for learnable betas (own learning rate, no weight decay)."""
@@ -200,7 +205,10 @@ class DecorrelatedHeadsMethod(EmbeddingMethod):
         self.adversary = self.ctx.prepare(AdversarialDecorrelation(dim, self.cfg.adversarial_hidden))
 
     def adversary_group(self) -> dict:
-        return {"params": list(self.adversary.parameters()), "lr": self.cfg.adversarial_lr or self.ctx.cfg.optim.lr}
+        group = {"params": list(self.adversary.parameters()), "lr": self.cfg.adversarial_lr or self.ctx.cfg.optim.lr}
+        if self.cfg.adversarial_weight_decay is not None:
+            group["weight_decay"] = self.cfg.adversarial_weight_decay
+        return group
 
     def decorrelation(self, out_class: torch.Tensor, out_shared: torch.Tensor) -> torch.Tensor:
         """L_adv on embeddings already gathered over the ranks."""
