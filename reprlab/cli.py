@@ -173,6 +173,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output = Path(args.output or time.strftime("runs/bench-overhead-%Y%m%d-%H%M%S"))
         result = bench_overhead(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs)
         print(format_overhead_bench(result))
+    elif args.what == "gather":
+        from reprlab.bench.gather_bench import bench_gather, format_gather_bench
+
+        print(format_gather_bench(bench_gather(args.rows, args.dim), args.rows, args.dim))
     elif args.what == "data":
         from reprlab.bench.data_bench import bench_data, format_data_bench
 
@@ -207,7 +211,7 @@ def _bench_methods(args: argparse.Namespace) -> int:
     variants = tuple(mb.parse_variant(v) for v in args.variant) or mb.load_comparison(args.comparison)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    rows = mb.run_comparison(variants, seeds, output, args.overrides)
+    rows = mb.run_comparison(variants, seeds, output, args.overrides, rerun=args.rerun_stale)
     table = mb.format_table(mb.aggregate(rows))
     print(f"test metrics at the epoch chosen by validation MAP@R, mean +- std over seeds {args.seeds}:")
     print(table)
@@ -293,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare these instead of the default glyphs set (repeatable; the first is the baseline)")
     b.add_argument("--comparison", default="glyphs",
                    help="variants from a comparison file or a shipped one (default: glyphs, reprlab/comparisons/)")
-    b.add_argument("--output", default="runs/bench-methods", help="where the runs go; finished runs are reused")
+    b.add_argument("--output", default="runs/bench-methods",
+                   help="where the runs go; finished runs made with the same config and code are reused")
+    b.add_argument("--rerun-stale", action="store_true",
+                   help="train again (keeping the old directory beside it) runs made with another config or code")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run (repeatable)")
     b = bsub.add_parser("faults", help="cost of a worker failure and of per-epoch checkpoints (simulated 2-node cluster)")
@@ -310,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=10, help="untimed iterations before them (default: 10)")
     b.add_argument("--rounds", type=int, default=3, help="alternating rounds ours / PML (default: 3)")
     b.add_argument("--threads", type=int, help="torch threads for both (default: the config's workers x CPUs)")
+    b = bsub.add_parser("gather", help="peak memory per rank of gathering evaluation features: every rank vs rank 0")
+    b.add_argument("--rows", type=int, default=60_502, help="images (default: SOP's test split)")
+    b.add_argument("--dim", type=int, default=2048, help="feature width (default: D&C's penultimate features)")
     b = bsub.add_parser("overhead", help="reprlab train: time to the first optimizer step, per-epoch platform overhead")
     _add_config_args(b)
     b.add_argument("--epochs", type=int, default=4, help="epochs of the run (default: 4)")

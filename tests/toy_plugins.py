@@ -137,4 +137,4 @@ class PixelMap(Method):
             errs = self.ctx.map_samples(lambda s: self.errors(net, s)[:, None], self.ctx.data.eval_splits[split].query)
         finally:
             net.train()
-        return {"error": float(errs.mean())}
+        return self.ctx.broadcast({"error": float(errs.mean())} if self.ctx.is_main else None)

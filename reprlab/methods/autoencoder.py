@@ -120,4 +120,7 @@ class Autoencoder(Method):
             per_image = self.ctx.embed(errors, self.ctx.data.eval_splits[split].query)
         finally:
             self.net.train()
-        return {"mse": float(per_image[:, 0].mean()), "kl": float(per_image[:, 1].mean() / dim)}
+        metrics = None
+        if self.ctx.is_main:  # the gathered errors are on rank 0
+            metrics = {"mse": float(per_image[:, 0].mean()), "kl": float(per_image[:, 1].mean() / dim)}
+        return self.ctx.broadcast(metrics)

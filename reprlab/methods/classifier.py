@@ -90,9 +90,12 @@ class Classifier(Method):
         images = self.ctx.data.eval_splits[split].query
         self.net.eval()
         try:
-            logits = torch.from_numpy(self.ctx.embed(unwrap(self.net), images))
+            logits = self.ctx.embed(unwrap(self.net), images)  # on rank 0
         finally:
             self.net.train()
-        y = torch.from_numpy(np.searchsorted(self.ctx.data.class_ids, images.labels))
-        return {"accuracy": (logits.argmax(1) == y).float().mean().item(),
-                "cross_entropy": F.cross_entropy(logits, y).item()}
+        metrics = None
+        if self.ctx.is_main:
+            logits, y = torch.from_numpy(logits), torch.from_numpy(np.searchsorted(self.ctx.data.class_ids, images.labels))
+            metrics = {"accuracy": (logits.argmax(1) == y).float().mean().item(),
+                       "cross_entropy": F.cross_entropy(logits, y).item()}
+        return self.ctx.broadcast(metrics)

@@ -56,6 +56,8 @@ SWAPS_FILE, SAMPLES_FILE, RESPONSE_FILE = "factor_swaps.png", "samples.png", "ne
 class IINConfig(MethodConfig):
     name: Literal["iin"] = "iin"
     first_stage: str = Field(description="a finished run directory whose network is interpreted")
+    first_stage_checkpoint: Literal["selected", "last"] = Field(
+        "selected", description="the first stage's reported (validation-selected) epoch, or its last epoch")
     feature_model: str | None = Field(
         None, description="a finished classifier run: feature space of the Frechet distance and classifier of "
                           "the network response (default: the first stage when it is a classifier)")
@@ -79,7 +81,7 @@ class IINConfig(MethodConfig):
     resamples: int = Field(16, ge=2, description="network response: re-samples of each factor per image")
 
     def check_against(self, cfg: ExperimentConfig) -> None:
-        first, first_cfg = _frozen(_absolute(self.first_stage), "method.first_stage")
+        first, first_cfg = _frozen(_absolute(self.first_stage), "method.first_stage", None, self.first_stage_checkpoint)
         self.first_stage = _absolute(self.first_stage)
         if first_cfg.data.image_size != cfg.data.image_size:
             raise ConfigError(f"config: data.image_size: the first stage was trained on {first_cfg.data.image_size} px "
@@ -118,9 +120,10 @@ def _absolute(path: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _frozen(path: str, key: str, kinds: tuple[str, ...] | None = None) -> tuple[FrozenModel, ExperimentConfig]:
-    """A finished run's frozen model (read once per process and path)."""
-    return load_frozen(path, key, kinds)
+def _frozen(path: str, key: str, kinds: tuple[str, ...] | None = None,
+            checkpoint: str = "selected") -> tuple[FrozenModel, ExperimentConfig]:
+    """A finished run's frozen model (read once per process, path and checkpoint)."""
+    return load_frozen(path, key, kinds, checkpoint)
 
 
 def _dim(model: FrozenModel, cfg: ExperimentConfig) -> int:
@@ -143,7 +146,8 @@ class IIN(Method):
     def _models(cfg: ExperimentConfig) -> tuple[FrozenModel, FrozenModel | None]:
         """The first stage, and the classifier that judges images (the feature model, or the
         first stage itself when it is a classifier)."""
-        first, _ = _frozen(_absolute(cfg.method.first_stage), "method.first_stage")
+        first, _ = _frozen(_absolute(cfg.method.first_stage), "method.first_stage", None,
+                           cfg.method.first_stage_checkpoint)
         if cfg.method.feature_model is not None:
             return first, _frozen(_absolute(cfg.method.feature_model), "method.feature_model", ("classifier",))[0]
         return first, first if first.head is not None else None

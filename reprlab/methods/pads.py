@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pydantic import Field
 
 from reprlab.envs.sampling_teacher import SamplingTeacherEnv, TeacherEnvSettings
@@ -168,14 +167,15 @@ class PADS(EmbeddingMethod):
                 "reward_value": info["reward_value"]}
 
     def _lockstep_diff(self, reward: float, value: float) -> float:
-        """Largest difference between ranks of the distribution, reward and reward metric."""
-        if not (dist.is_available() and dist.is_initialized()) or self.ctx.world_size == 1:
+        """Largest difference between ranks of what must agree after a teacher step: the
+        network's weights (a fingerprint: they diverge if a rank skips or repeats an update),
+        the distribution, the reward and its metric, the iteration count."""
+        if self.ctx.world_size == 1:
             return 0.0
-        mine = torch.tensor([*self.env.distribution, reward, value, float(self.learner.iterations)], dtype=torch.float64)
-        parts = [torch.empty_like(mine) for _ in range(self.ctx.world_size)]
-        dist.all_gather(parts, mine)
-        stacked = torch.stack(parts)
-        return float((stacked - stacked[0]).abs().max())
+        mine = torch.cat([self.ctx.fingerprint(self.model),
+                          torch.tensor([*self.env.distribution, reward, value, float(self.learner.iterations)],
+                                       dtype=torch.float64)])
+        return self.ctx.rank_spread(mine)
 
     def _record(self, action, reward: float, info: dict, teacher_logs: dict[str, float], diff: float) -> None:
         d = self.env.distribution

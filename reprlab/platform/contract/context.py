@@ -19,10 +19,11 @@ import torch.nn as nn
 
 from reprlab.platform.core.config import ExperimentConfig
 from reprlab.platform.data import DataBundle
-from reprlab.platform.data.pipeline import ArrayImages, finish_batch, make_dataset, make_loader, sequential_batches
+from reprlab.platform.data.pipeline import finish_batch, make_dataset, make_loader, sequential_batches
 from reprlab.platform.data.sampler import rank_bounds, shuffled_batches
 from reprlab.platform.data.types import ImageSet
 from reprlab.platform.contract.speed import apply_speed_options, micro_batched
+from reprlab.platform.nn.sync_bn import convert_global_batchnorm
 from reprlab.platform.core.storage import Location, resolve
 
 
@@ -79,7 +80,10 @@ class Context:
         looks for unused parameters; those unused on every rank keep ``grad=None``, so optimizers
         leave them untouched.
         """
-        module = apply_speed_options(module.to(self.device), self.cfg.train, self.device)  # amp, channels_last, compile
+        module = module.to(self.device)
+        if self.cfg.train.sync_bn:  # BatchNorm statistics of the global batch, the same arithmetic on 1 or W workers
+            module = convert_global_batchnorm(module)
+        module = apply_speed_options(module, self.cfg.train, self.device)  # amp, channels_last, compile
         if _distributed() and any(p.requires_grad for p in module.parameters()):
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=partial)
@@ -108,6 +112,28 @@ class Context:
         t = torch.tensor([float(flag)], device=self.device)  # on the process group's device (NCCL: the GPU)
         dist.all_reduce(t)
         return bool(t.item() > 0)
+
+    def rank_spread(self, values) -> float:
+        """The largest difference between ranks of ``values`` (numbers that ranks in lock-step
+        must agree on; 0 in-process), gathered on the context's device."""
+        mine = torch.as_tensor(values, dtype=torch.float64, device=self.device).reshape(-1)
+        if not _distributed():
+            return 0.0
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(parts, mine)
+        stacked = torch.stack(parts)
+        return float((stacked - stacked[0]).abs().max())
+
+    @staticmethod
+    def fingerprint(module: nn.Module) -> torch.Tensor:
+        """Two numbers that change with any weight of ``module``: the sums of its parameters and
+        of their squares, weighted by position (float64), e.g. to check that ranks still hold
+        the same network."""
+        total = torch.zeros(2, dtype=torch.float64)
+        for i, p in enumerate(module.parameters(), start=1):
+            v = p.detach().double()
+            total += torch.stack([v.sum() * i, (v * v).sum()]).cpu()
+        return total
 
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank."""
@@ -208,8 +234,7 @@ class Context:
         augmentation randomness of several loaders in one epoch.
         """
         ds = self._dataset(self.data.train, self.cfg.data.augment)
-        if isinstance(ds, ArrayImages):
-            ds.reseed(self.seed(epoch, self.rank, 0xA06, stream))
+        ds.reseed(self.seed(epoch, self.rank, 0xA06, stream))  # augmentation: (seed, epoch, rank, stream, batch)
         loader = self._loader(ds, index_batches)
         targets = torch.from_numpy(self.data.targets) if self.data.train.labels is not None else None
         for i, (x, idx) in enumerate(loader):
@@ -221,20 +246,24 @@ class Context:
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def embed(self, fn: Callable[[torch.Tensor], torch.Tensor], images: ImageSet) -> np.ndarray:
-        """``fn`` over all of ``images``: each rank embeds a contiguous shard, then all gather."""
+    def embed(self, fn: Callable[[torch.Tensor], torch.Tensor], images: ImageSet, *,
+              everywhere: bool = False) -> np.ndarray | None:
+        """``fn`` over all of ``images``: each rank embeds a contiguous shard, then the shards are
+        gathered to rank 0 (other ranks get None: only rank 0 computes metrics and clusters, so
+        the other ranks hold no copy), or to every rank with ``everywhere``."""
         ds = self._dataset(images, augment=False)
         batches = sequential_batches(len(images), self.cfg.eval.batch_size, self.rank, self.world_size)
         loader = self._loader(ds, batches)
         parts = [fn(finish_batch(x, self.device)).float().cpu() for x, _ in loader]
         local = torch.cat(parts) if parts else torch.empty(0)
-        return self._gather_rows(local)
+        return self._gather_rows(local, everywhere)
 
     @torch.no_grad()
-    def map_samples(self, fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], images: ImageSet) -> np.ndarray:
+    def map_samples(self, fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], images: ImageSet, *,
+                    everywhere: bool = False) -> np.ndarray | None:
         """``fn`` over every sample of an evaluation set (dicts as :meth:`sample_batches` gives, not
-        augmented): each rank maps a contiguous shard, then all gather. ``fn`` returns one row per
-        sample (e.g. per-sample errors of an image-to-image method)."""
+        augmented): each rank maps a contiguous shard, gathered as :meth:`embed` does. ``fn``
+        returns one row per sample (e.g. per-sample errors of an image-to-image method)."""
         from reprlab.platform.data.samples import SampleLoader
 
         loader = SampleLoader(images, self.cfg.data.image_size, augment=False)
@@ -243,14 +272,20 @@ class Context:
             sample = {k: v.to(self.device) for k, v in loader.load(batch).items()}
             parts.append(fn(sample).float().cpu())
         local = torch.cat(parts) if parts else torch.empty(0)
-        return self._gather_rows(local)
+        return self._gather_rows(local, everywhere)
 
-    def _gather_rows(self, local: torch.Tensor) -> np.ndarray:
-        if _distributed():
-            gathered = [None] * self.world_size
+    def _gather_rows(self, local: torch.Tensor, everywhere: bool) -> np.ndarray | None:
+        """Every rank's rows in rank order: on rank 0 only, or on every rank."""
+        if not _distributed():
+            return local.numpy()
+        gathered = [None] * self.world_size if (everywhere or self.is_main) else None
+        if everywhere:
             dist.all_gather_object(gathered, local.numpy())
-            return np.concatenate([g for g in gathered if g.size])
-        return local.numpy()
+        else:
+            dist.gather_object(local.numpy(), gathered, dst=0)
+            if not self.is_main:
+                return None
+        return np.concatenate([g for g in gathered if g.size])
 
 
 def load_run_data(cfg: ExperimentConfig) -> DataBundle:

@@ -51,6 +51,12 @@ class FrozenModel(nn.Module):
         return self.head(z)
 
 
+def selected_checkpoint(run: Path) -> Path | None:
+    """The checkpoint of the epoch the run's summary reports (``best/state.pt``), if kept."""
+    path = run / "best" / "state.pt"
+    return path if path.is_file() else None
+
+
 def newest_checkpoint(run: Path) -> Path | None:
     """The newest ``state.pt`` of a run: in-process (``checkpoints/epoch_N``) or Ray Train
     (``ray/train/epoch_N``) layout."""
@@ -75,13 +81,16 @@ def run_config(path: str | Path, key: str) -> tuple[Path, ExperimentConfig]:
         raise ConfigError(f"config: {key}: {run}/config.yaml: {exc}") from None
 
 
-def load_frozen(path: str | Path, key: str, kinds: tuple[str, ...] | None = None) -> tuple[FrozenModel, ExperimentConfig]:
+def load_frozen(path: str | Path, key: str, kinds: tuple[str, ...] | None = None,
+                checkpoint: str = "selected") -> tuple[FrozenModel, ExperimentConfig]:
     """The frozen network of the finished run in ``path`` and that run's config. ``kinds``: the
-    model kinds (e.g. ``classifier``) the caller accepts."""
+    model kinds (e.g. ``classifier``) the caller accepts. ``checkpoint``: ``selected`` (the epoch
+    the run's summary reports, ``best/state.pt``; runs from before it was kept fall back to the
+    newest) or ``last`` (the newest checkpoint)."""
     from reprlab.platform.core.registry import METHODS
 
     run, cfg = run_config(path, key)
-    ckpt = newest_checkpoint(run)
+    ckpt = (selected_checkpoint(run) if checkpoint == "selected" else None) or newest_checkpoint(run)
     if ckpt is None:
         raise ConfigError(f"config: {key}: {run} holds no checkpoint")
     try:

@@ -102,6 +102,9 @@ class TrainSection(Section):
     compile: bool = Field(False, description="torch.compile the forward of every network the method prepares")
     grad_accumulation: int = Field(
         1, ge=1, description="micro-batches per optimizer step (methods that support it; same gradient, less memory)")
+    sync_bn: bool = Field(
+        True, description="trainable BatchNorm normalizes over the global batch with float64 statistics, the same "
+                          "arithmetic on one worker or several; false: torch's BatchNorm, each worker over its own share")
 
 
 class EvalSection(Section):

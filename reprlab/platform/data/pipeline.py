@@ -65,21 +65,23 @@ class ArrayImages(Dataset):
     def __init__(self, images: ImageSet, size: int, augment: bool = False, seed: int = 0) -> None:
         self.pixels = torch.from_numpy(np.ascontiguousarray(images.pixels))  # N, H, W, C uint8
         self.size, self.augment = size, augment
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen, self.seed = torch.Generator(), seed
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def reseed(self, seed: int) -> None:
-        self.gen.manual_seed(seed)
+        """The seed the augmentation of every batch derives from (with the batch's number)."""
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.pixels)
 
-    def __getitems__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+    def __getitems__(self, items) -> tuple[torch.Tensor, torch.Tensor]:
+        number, index = unpack_items(items)
+        idx = torch.as_tensor(index)
         x = to_unit(self.pixels[idx], self.size)
         if self.augment:
-            x = random_affine(x, self.gen)
+            x = random_affine(x, self.gen.manual_seed(batch_seed(self.seed, number)))
         return (x - self.mean) / self.std, idx
 
     def __getitem__(self, i: int):
@@ -144,19 +146,29 @@ class EncodedImages(Dataset):
     ``normalize=False`` (training on a GPU) batches are uint8, a quarter of the bytes to pass
     between processes and to the device, and :func:`finish_batch` normalizes them there."""
 
-    def __init__(self, images: ImageSet, size: int, augment: bool = False, normalize: bool = True) -> None:
-        self.images = images
+    def __init__(self, images: ImageSet, size: int, augment: bool = False, normalize: bool = True,
+                 seed: int = 0) -> None:
+        self.images, self.augment, self.seed = images, augment, seed
         self.transform = tensor_transform(size, augment, normalize=normalize)
+
+    def reseed(self, seed: int) -> None:
+        """The seed the augmentation of every batch derives from (with the batch's number)."""
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitems__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(index, dtype=np.int64)
+    def __getitems__(self, items) -> tuple[torch.Tensor, torch.Tensor]:
+        number, idx = unpack_items(items)
         data = self.images.encoded(idx)
-        # default_collate stacks straight into shared memory inside a worker process (no copy
-        # when the batch is handed to the main process)
-        x = default_collate([self.transform(decode_tensor(b, self.images.where(i))) for i, b in zip(idx, data)])
+        # torchvision's random transforms draw from torch's global generator: fork it and seed it
+        # from (seed, batch number), so a batch's crops and flips are the same in any DataLoader
+        # worker, in any process, and after a resume
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed(self.seed, number))
+            # default_collate stacks straight into shared memory inside a worker process (no copy
+            # when the batch is handed to the main process)
+            x = default_collate([self.transform(decode_tensor(b, self.images.where(i))) for i, b in zip(idx, data)])
         return x, torch.from_numpy(idx)
 
     def __getitem__(self, i: int):
@@ -166,6 +178,20 @@ class EncodedImages(Dataset):
 
 def _passthrough(batch):
     return batch
+
+
+def batch_seed(seed: int, number: int) -> int:
+    """The augmentation seed of batch ``number`` of a loader seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, number, 0xBA7]).generate_state(1)[0])
+
+
+def unpack_items(items) -> tuple[int, np.ndarray]:
+    """A loader's batch as the datasets receive it, ``[(number, index), ...]`` (see
+    :func:`make_loader`), or plain indices (number 0) -> (batch number, int64 indices)."""
+    items = list(items)
+    if items and isinstance(items[0], tuple):
+        return int(items[0][0]), np.asarray([i for _, i in items], dtype=np.int64)
+    return 0, np.asarray(items, dtype=np.int64)
 
 
 def make_dataset(images: ImageSet, size: int, augment: bool, seed: int = 0, *, uint8: bool = False) -> Dataset:
@@ -178,10 +204,11 @@ def make_dataset(images: ImageSet, size: int, augment: bool, seed: int = 0, *, u
 def make_loader(dataset: Dataset, batches, workers: int = 0, pin_memory: bool = False,
                 prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader over precomputed index batches (a sequence of index arrays). Datasets fetch
-    whole batches (``__getitems__``), so a batch crosses from a worker process in one piece."""
+    whole batches (``__getitems__``), so a batch crosses from a worker process in one piece; each
+    index travels with its batch's number, from which the dataset seeds the batch's augmentation."""
     return DataLoader(
         dataset,
-        batch_sampler=[np.asarray(b).tolist() for b in batches],
+        batch_sampler=[[(k, i) for i in np.asarray(b).tolist()] for k, b in enumerate(batches)],
         num_workers=workers,
         collate_fn=_passthrough,
         pin_memory=pin_memory,

@@ -12,7 +12,7 @@ from reprlab.platform.contract.context import load_run_data
 from reprlab.platform.core.errors import CheckpointError, ConfigError, ReprlabError
 from reprlab.platform.run.results import format_summary, make_summary, read_metrics_table, write_summary
 from reprlab.platform.core.storage import Location, check_writable, resolve
-from reprlab.platform.run.loop import quiet_ray_logs, say, train_worker
+from reprlab.platform.run.loop import BEST_DIR, STATE_FILE, quiet_ray_logs, say, train_worker
 
 RAY_RUN_NAME = "train"
 
@@ -44,7 +44,7 @@ def make_trainer(
     directory as a URI (object storage) or a path; Ray persists its checkpoints under ``RUN/ray``
     on the same storage (``storage_filesystem`` for object storage)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     run = resolve(run_dir)
     if run.is_local:
@@ -55,6 +55,7 @@ def make_trainer(
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})}
     return TorchTrainer(
         train_worker,
+        torch_config=TorchConfig(backend=process_group_backend(cfg)),
         train_loop_config={"config": cfg.to_dict(), "run_dir": run.uri, "report": report,
                            "trial": trial},
         scaling_config=ScalingConfig(
@@ -70,6 +71,12 @@ def make_trainer(
             callbacks=callbacks,
         ),
     )
+
+
+def process_group_backend(cfg: ExperimentConfig) -> str:
+    """GPU workers: NCCL for CUDA tensors and gloo beside it for any CPU tensor a collective gets
+    (a safety net: the platform's own collectives use the device); CPU workers: gloo."""
+    return "cpu:gloo,cuda:nccl" if cfg.scaling.use_gpu else "gloo"
 
 
 def user_error(exc: BaseException) -> ReprlabError | None:
@@ -146,6 +153,8 @@ def finish_run(cfg: ExperimentConfig, output: Path | str | Location) -> dict[str
     output = resolve(output)
     rows = read_metrics_table(output / "metrics.parquet")
     summary = make_summary(rows, cfg.to_dict(), cfg.eval.selection_metric)
+    if (output / BEST_DIR / STATE_FILE).exists():  # the reported epoch's checkpoint, kept on disk
+        summary["selected_checkpoint"] = f"{BEST_DIR}/{STATE_FILE}"
     write_summary(output / "summary.json", summary)
     print(format_summary(summary), flush=True)
     return summary

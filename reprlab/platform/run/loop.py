@@ -28,12 +28,13 @@ from reprlab.platform.contract.context import Context
 from reprlab.platform.contract.context import load_run_data
 from reprlab.platform.core.errors import CheckpointError, NonFiniteLossError
 from reprlab.platform.core.registry import METHODS
-from reprlab.platform.run.results import write_metrics_table
+from reprlab.platform.run.results import make_summary, write_metrics_table
 from reprlab.platform.core.storage import Location, resolve
 from reprlab.platform.run.telemetry import Telemetry
 from reprlab.platform.core.log import say
 
 STATE_FILE = "state.pt"
+BEST_DIR = "best"  # RUN/best/state.pt: the checkpoint of the reported (validation-selected) epoch
 _EPOCH_DIR = re.compile(r"epoch_\d+")
 
 
@@ -109,21 +110,37 @@ class CheckpointStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _save(self, state: dict[str, Any]) -> None:
-        name = f"epoch_{state['epoch']:04d}"
-        if self.dir.is_local:  # a directory renamed into place: complete or absent
-            local = self.dir.local_path
-            final, tmp = local / name, local / f".tmp_{name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            torch.save(state, tmp / STATE_FILE)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        else:  # staged locally, then one object: it appears (or replaces one) only once uploaded
-            with tempfile.TemporaryDirectory(prefix="reprlab-ckpt-") as tmp:
-                torch.save(state, Path(tmp) / STATE_FILE)
-                (self.dir / name).upload(Path(tmp))
+        _write_state(self.dir, f"epoch_{state['epoch']:04d}", state)
         for old in _epoch_dirs(self.dir)[self.keep :]:
             old.delete()
+
+    def save_best(self, state: dict[str, Any]) -> None:
+        """Rank 0 keeps ``state`` as ``RUN/best/state.pt``: the checkpoint of the epoch the
+        summary reports (the validation-selected one), whatever ``checkpoint.keep`` removes."""
+        if self.rank == 0:
+            _write_state(self.run, BEST_DIR, state)
+
+
+def _write_state(parent: Location, name: str, state: dict[str, Any]) -> None:
+    """``state`` as ``parent/name/state.pt``, complete or absent: a local directory renamed into
+    place, or (object storage) one upload that appears only once complete."""
+    if parent.is_local:
+        local = parent.local_path
+        final, tmp, old = local / name, local / f".tmp_{name}", local / f".old_{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(state, tmp / STATE_FILE)
+        if final.exists():  # swap: the previous copy stays whole until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    else:
+        with tempfile.TemporaryDirectory(prefix="reprlab-ckpt-") as tmp:
+            torch.save(state, Path(tmp) / STATE_FILE)
+            (parent / name).upload(Path(tmp))
 
 
 def _epoch_dirs(parent: Location) -> list[Location]:
@@ -169,6 +186,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cfg = parse_config(loop_config["config"])
     run_dir = resolve(loop_config["run_dir"])  # a local path or a URI: workers may be on other nodes
     rank, world, device = _worker_identity(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # object collectives (broadcast_object_list, ...) use the current device
     torch.manual_seed(cfg.experiment.seed)
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
@@ -219,10 +238,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             write_metrics_table(run_dir / "metrics.parquet", history)
             say(_epoch_line(row, cfg))
             telemetry.epoch(row)
-        store.save_and_report(
-            {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()},
-            {k: v for k, v in row.items() if k != "steps"},
-        )
+        state = {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}
+        if selected_epoch(history, cfg) == epoch:  # the epoch the summary reports: kept as best/
+            store.save_best(state)
+        store.save_and_report(state, {k: v for k, v in row.items() if k != "steps"})
+
+
+def selected_epoch(history: list[dict[str, Any]], cfg: ExperimentConfig) -> int:
+    """The epoch the summary reports under the rows so far (``results.make_summary``'s rule)."""
+    return make_summary(history, cfg.to_dict(), cfg.eval.selection_metric)["selected_epoch"]
 
 
 def is_eval_epoch(epoch: int, cfg: ExperimentConfig) -> bool:
