@@ -80,7 +80,7 @@ def load_benchmark(cfg: DataSection) -> Benchmark:
 def check_benchmark(bench: Benchmark, spec: DataSet) -> None:
     """What a loader returned against what its data set declares: labels where it provides them,
     input/target images of one size where it provides pairs (one DataError line naming both)."""
-    splits = {"train": bench.train, "test": bench.test, "query": bench.query, "gallery": bench.gallery}
+    splits = {"train": bench.train, "val": bench.val, "test": bench.test, "query": bench.query, "gallery": bench.gallery}
     for split, images in splits.items():
         if images is None:
             continue
@@ -133,7 +133,10 @@ def make_bundle(bench: Benchmark, cfg: DataSection, seed: int, *, min_per_class:
         check_min_images(train.labels, "train", min_per_class)
     val = cfg.validation
     splits: dict[str, EvalSplit] = {}
-    if val.protocol == "holdout":
+    if bench.val is not None and val.protocol == "holdout":  # the set's own validation split
+        tr, va = np.arange(len(train)), np.array([], dtype=np.int64)
+        splits["val"] = EvalSplit(bench.val)
+    elif val.protocol == "holdout":
         tr, va = holdout_split(train.labels, val.fraction, seed) if labeled else random_holdout(len(train), val.fraction, seed)
     elif val.protocol == "kfold":
         if not labeled:

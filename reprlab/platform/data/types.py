@@ -149,13 +149,15 @@ class ImageSet:
 @dataclass(frozen=True)
 class Benchmark:
     """A data set in its protocol: a training split and either a test split (query = gallery,
-    self excluded) or a query/gallery pair (In-shop, VehicleID)."""
+    self excluded) or a query/gallery pair (In-shop, VehicleID); ``val``: the set's own validation
+    split, used instead of a hold-out (e.g. scene-disjoint validation of image pairs)."""
 
     name: str
     train: ImageSet
     test: ImageSet | None = None
     query: ImageSet | None = None
     gallery: ImageSet | None = None
+    val: ImageSet | None = None
 
     def __post_init__(self) -> None:
         if (self.test is None) == (self.query is None or self.gallery is None):
