@@ -196,6 +196,7 @@ class IIN(Method):
         decay = (lambda i: max(0.0, 1.0 - i / total)) if c.lr_decay == "linear" else (lambda i: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
         self._train_z: np.ndarray | None = None
+        self._train_z_embedded = False
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,8 +294,11 @@ class IIN(Method):
     def evaluate(self, split: str) -> dict[str, float]:
         images = self.ctx.data.eval_splits[split].query
         z = self.ctx.embed(self.first.encode, images)  # collective: every rank
-        if self.source is not None and self.source.probes == "train" and self._train_z is None:
+        if self.source is not None and self.source.probes == "train" and not self._train_z_embedded:
+            # a collective: every rank takes part once (only rank 0 receives the codes, so the
+            # flag, not the value, says whether it is done)
             self._train_z = self.ctx.embed(self.first.encode, self.ctx.data.train)
+            self._train_z_embedded = True
         real = self.ctx.embed(self.judge.encode, images) if self.judge is not None and self.first.decoder is not None else None
         metrics = None
         if self.ctx.is_main:
