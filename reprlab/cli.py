@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -25,7 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from reprlab.platform.run.driver import run_training
     from reprlab.platform.core.storage import check_writable, resolve
 
+    from reprlab.platform.run.guard import check_output_path
+
     output = resolve(args.output)  # a local or mounted directory, or s3://bucket/prefix?options
+    check_output_path(args.output, output)
     source = args.config
     if source is None:
         if args.resume:
@@ -35,9 +41,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_train_config(source, args.overrides)
     print(f"[reprlab] {cfg.method.name} on {cfg.data.name}: {cfg.train.epochs} epochs, "
           f"{cfg.scaling.num_workers} worker(s), output {output}", flush=True)
-    run_training(cfg, output, resume=args.resume)
+    try:
+        summary = run_training(cfg, output, resume=args.resume)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, output, f"reprlab train --output {shlex.quote(str(output.uri))} --resume") from None
     print(f"[reprlab] wrote {output / 'summary.json'} and {output / 'metrics.parquet'}")
+    if summary.get("status", "completed") != "completed":
+        print(f"reprlab: error: training {summary['status']}: {summary['status_reason']}; the run is kept in "
+              f"{output} (summary.json says status {summary['status']})", file=sys.stderr)
+        return 3
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` runs."""
+
+
+_RECEIVED: list[str] = []  # the signal that interrupted this command (Ray may re-raise it as a KeyboardInterrupt)
+
+
+def _on_sigterm(signum, frame):
+    _RECEIVED.append("SIGTERM")
+    raise _Terminated()
+
+
+def _signal_name(exc: BaseException) -> str:
+    return "SIGTERM" if isinstance(exc, _Terminated) or "SIGTERM" in _RECEIVED else "SIGINT"
+
+
+def _interrupted(exc: BaseException, output, resume_cmd: str):
+    """One line for an interrupted train/tune: what the directory keeps and how to continue."""
+    from reprlab.platform.core.errors import Interrupted
+    from reprlab.platform.run.guard import kept_summary
+
+    _stop_ray()
+    sig = _signal_name(exc)
+    kept, resumable = kept_summary(output)
+    err = Interrupted(f"interrupted ({sig}): {kept}; " + (f"continue with: {resume_cmd}" if resumable else
+                                                            "nothing to resume: run the same command again"))
+    err.exit_code = 143 if sig == "SIGTERM" else 130
+    return err
+
+
+def _stop_ray() -> None:
+    """Stop the workers now (a local cluster this process started goes with it)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:
+        pass
 
 
 def _load_train_config(source, overrides: list[str]):
@@ -67,9 +121,22 @@ def _load_train_config(source, overrides: list[str]):
 def cmd_tune(args: argparse.Namespace) -> int:
     from reprlab.platform.tune.sweep import load_sweep, run_sweep
 
+    from reprlab.platform.core.storage import resolve
+    from reprlab.platform.run.guard import check_output_path
+
+    if args.output is not None:
+        check_output_path(args.output, resolve(args.output) if args.output.strip() else None)
     sweep = load_sweep(args.sweep, args.overrides)  # every mistake surfaces here, before Ray starts
+    if args.trials is not None:
+        sweep.spec.trials = args.trials
     output = args.output or f"runs/tune/{sweep.spec.name}"  # a path or an s3:// URI (storage.py)
-    summary = run_sweep(sweep, output, resume=args.resume)
+    check_output_path(None, resolve(output))
+    try:
+        summary = run_sweep(sweep, output, resume=args.resume)
+    except KeyboardInterrupt as exc:
+        again = " ".join(shlex.quote(a) for a in [args.sweep, *(x for o in args.overrides for x in ("--set", o))])
+        raise _interrupted(exc, resolve(output), f"reprlab tune {again} --output {shlex.quote(resolve(output).uri)} "
+                                                 f"--resume") from None
     for trial, line in summary["errors"].items():
         print(f"reprlab: trial {trial} failed: {line}", file=sys.stderr)
     if "best_trial" not in summary:
@@ -192,6 +259,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from reprlab.bench.loss_bench import bench_loss, format_loss_bench
 
+        if args.classes_per_batch < 2 or args.batch % args.classes_per_batch or args.batch < 2 * args.classes_per_batch:
+            raise ConfigError(f"bench loss: --batch {args.batch} must be a multiple of --classes-per-batch "
+                              f"{args.classes_per_batch} (at least 2) with at least 2 images per class")
+
         result = bench_loss(batch=args.batch, dim=args.dim, classes_per_batch=args.classes_per_batch,
                             repeats=args.repeats, seed=args.seed)
         print(format_loss_bench(result))
@@ -247,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/latest",
                    help="run directory or object storage, e.g. s3://bucket/runs/x (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and warnings")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="hyperparameter sweep on Ray Tune (Optuna / random / grid, ASHA)")
@@ -255,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key of the base experiment (repeatable)")
     p.add_argument("--output", help="sweep directory or s3://bucket/prefix (default: runs/tune/<sweep name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
+    p.add_argument("--trials", type=int, help="number of trials, instead of the sweep file's trials")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's own log lines, warnings and Tune's tables")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("config", help="print the resolved config (after presets and --set)")
@@ -343,14 +417,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "trials", None) is not None and args.trials < 1:
+        print(f"reprlab: error: tune: --trials {args.trials}: expected at least 1", file=sys.stderr)
+        return 2
+    if args.command in ("train", "tune"):
+        from reprlab.platform.core.log import set_verbose
+
+        set_verbose(args.verbose)
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends a sweep like a run: our line
+    previous = _install(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except ReprlabError as exc:
-        print(f"reprlab: error: {exc}", file=sys.stderr)
+        from reprlab.platform.core.errors import Interrupted
+
+        print(f"reprlab: {'' if isinstance(exc, Interrupted) else 'error: '}{exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("reprlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        _stop_ray()
+        print(f"reprlab: interrupted ({_signal_name(exc)})", file=sys.stderr)
+        return 143 if _signal_name(exc) == "SIGTERM" else 130
+    except OSError as exc:  # disk full, read-only, permission, a file where a directory is expected
+        from reprlab.platform.run.guard import os_error_line
+
+        print(f"reprlab: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:
+        print(f"reprlab: error: cannot decode a file as text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        return 2
+    finally:
+        _install(signal.SIGTERM, previous)
+
+
+def _install(signum, handler):
+    """Set a signal handler where that is possible (the main thread); return the previous one."""
+    try:
+        return signal.signal(signum, handler)
+    except (ValueError, TypeError):
+        return None
 
 
 if __name__ == "__main__":

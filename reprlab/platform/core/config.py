@@ -122,6 +122,9 @@ class ScalingSection(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(0, ge=-1)
+    wait_timeout_s: float = Field(
+        900.0, ge=0, description="a cluster that may grow (autoscaler): give up waiting for the requested workers "
+                                 "after this many seconds (0: wait forever); a fixed-size cluster refuses at once")
 
 
 class CheckpointSection(Section):
@@ -329,9 +332,17 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
             )
         text = preset.read_text()
     elif not path.is_file():
-        raise ConfigError(f"config: {source}: no such file")
+        raise ConfigError(f"config: {source}: " + ("a directory, not a config file" if path.is_dir() else "no such file"))
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config: {source}: not a text file (cannot decode byte {exc.start} as UTF-8)") from None
+        except OSError as exc:
+            raise ConfigError(f"config: {source}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+        if not text.strip() or all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+            raise ConfigError(f"config: {source}: the file is empty; write the sections to change (e.g. "
+                              f"'train: {{epochs: 5}}') or name a preset (reprlab config margin/glyphs)")
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

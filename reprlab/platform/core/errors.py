@@ -32,3 +32,7 @@ class NonFiniteLossError(ReprlabError):
 
 class StorageError(ReprlabError):
     """Run storage (a local directory or an s3:// URI) cannot be resolved, reached or written."""
+
+
+class Interrupted(ReprlabError):
+    """Ctrl-C (exit status 130) or SIGTERM (143): what was kept and how to continue, one line."""

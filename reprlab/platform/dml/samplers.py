@@ -42,6 +42,12 @@ class ClassBalancedSampler:
             )
         if classes_per_batch % world_size:
             raise ConfigError("config: data.classes_per_batch must be divisible by scaling.num_workers")
+        if len(counts) and samples_per_class > counts.max() and not repeat_classes:
+            raise ConfigError(
+                f"config: data.samples_per_class: {samples_per_class} is more than the {counts.max()} images "
+                f"of the largest training class (classes hold {counts.min()}-{counts.max()} images); "
+                f"set data.samples_per_class <= {counts.max()}"
+            )
         self.P, self.M, self.iterations = classes_per_batch, samples_per_class, iterations
         self.rank, self.world_size, self.seed, self.stream = rank, world_size, seed, stream
         self.classes, self.counts = classes, counts
@@ -67,7 +73,10 @@ class ClassBalancedSampler:
         counts = self.counts[chosen]  # (I, P)
         keys = rng.random((self.iterations, self.P, width))
         keys[np.arange(width) >= counts[..., None]] = 2.0  # padding never wins
-        pos = np.argsort(keys, axis=2)[..., : self.M]
+        order = np.argsort(keys, axis=2)
+        if width < self.M:  # every class smaller than M (repeat_classes' small clusters): cycle its images
+            order = np.tile(order, (1, 1, -(-self.M // width)))
+        pos = order[..., : self.M]
         pos = pos % counts[..., None]  # classes smaller than M repeat images
         return self.members[chosen[..., None], pos]
 

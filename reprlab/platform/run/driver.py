@@ -9,10 +9,13 @@ import yaml
 
 from reprlab.platform.core.config import ExperimentConfig
 from reprlab.platform.contract.context import load_run_data
-from reprlab.platform.core.errors import CheckpointError, ConfigError, ReprlabError
-from reprlab.platform.run.results import format_summary, make_summary, read_metrics_table, write_summary
+from reprlab.platform.core.errors import CheckpointError, ConfigError, NonFiniteLossError, ReprlabError, StorageError
+from reprlab.platform.run.results import format_summary, make_summary, read_metrics_table, run_health, write_summary
 from reprlab.platform.core.storage import Location, check_writable, resolve
 from reprlab.platform.run.loop import BEST_DIR, STATE_FILE, quiet_ray_logs, say, train_worker
+from reprlab.platform.run.guard import (check_output_path, check_resume, checkpoint_epochs, claim, os_error_line,
+                                        stored_config)
+from reprlab.platform.run.preflight import check_data, check_resources
 
 RAY_RUN_NAME = "train"
 
@@ -90,6 +93,8 @@ def user_error(exc: BaseException) -> ReprlabError | None:
         seen.add(id(e))
         if isinstance(e, ReprlabError):
             return e
+        if isinstance(e, OSError) and e.errno is not None:  # disk full, read-only, permission: name the path
+            return StorageError(os_error_line(e))
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
         todo += list(getattr(e, "worker_failures", {}).values())
     return None
@@ -121,38 +126,97 @@ def ensure_ray(cfg: ExperimentConfig) -> None:
     import ray
 
     if cfg.scaling.num_workers and not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        from reprlab.platform.core.log import ray_init
+
+        ray_init(log_to_driver=True)
 
 
 def run_training(cfg: ExperimentConfig, output: Path | str | Location, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate every epoch, and write metrics.parquet, checkpoints and summary.json into
-    ``output``: a local or mounted directory, or an object-storage URI (``storage.py``)."""
+    ``output``: a local or mounted directory, or an object-storage URI (``storage.py``).
+
+    The run directory is a transaction (``guard.py``): claimed exclusively, every check (the
+    output path, a resume's config against the stored one, data, the method's build, the
+    cluster's resources) made before anything is written, and a new run that fails before its
+    first trained epoch is rolled back, so the corrected command can simply be run again."""
+    raw = output
     output = resolve(output)
+    check_output_path(raw if isinstance(raw, str) else None, output)
     check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
-    check_output_dir(output, resume)
-    check_gpu(cfg)
-    load_run_data(cfg)  # data problems surface here, before Ray starts
-    output.mkdir()
-    write_config(cfg, output / "config.yaml")
-    quiet_ray_logs()
-    ensure_ray(cfg)
-    wait_note_for_gpus(cfg)
+    lock = claim(output)
     try:
-        make_trainer(cfg, output).fit()
-    except ReprlabError:
+        check_output_dir(output, resume)
+        if resume:
+            check_resume(stored_config(output), cfg.to_dict(), output)
+            check_readable_checkpoint(output)
+        check_gpu(cfg)
+        check_data(cfg, load_run_data(cfg))  # data problems surface here, before Ray starts
+        quiet_ray_logs()
+        ensure_ray(cfg)
+        check_resources(cfg)
+        wait_note_for_gpus(cfg)
+        output.mkdir()
+        write_config(cfg, output / "config.yaml")
+        try:
+            make_trainer(cfg, output).fit()
+        except ReprlabError:
+            raise
+        except Exception as exc:
+            err = user_error(exc)
+            if err is not None:
+                raise err from None
+            raise
+        return finish_run(cfg, output)
+    except BaseException as exc:
+        # A new run rolls back when nothing worth keeping was trained: after an error, before its
+        # first trained epoch (a NaN keeps its epochs for diagnosis); after Ctrl-C, before any
+        # checkpoint. The directory is then as it was, and the fixed command just works.
+        if not resume:
+            if isinstance(exc, Exception) and not isinstance(exc, NonFiniteLossError) and trained_epochs(output) < 1:
+                lock.rollback()
+            elif isinstance(exc, KeyboardInterrupt) and not checkpoint_epochs(output):
+                lock.rollback()
         raise
-    except Exception as exc:
-        err = user_error(exc)
-        if err is not None:
-            raise err from None
-        raise
-    return finish_run(cfg, output)
+    finally:
+        lock.release()
+        lock.undo_mkdir()  # a directory this command created and left empty goes too
+
+
+def check_readable_checkpoint(output: Location) -> None:
+    """A resume of a local run whose checkpoints are all unreadable fails here, before its
+    config.yaml is rewritten (memory-mapped reads: cheap). The workers read them for real."""
+    import torch
+
+    epochs = checkpoint_epochs(output) if output.is_local else []
+    if not epochs:
+        return
+    for epoch in reversed(epochs):
+        for layout in ("checkpoints", "ray/train"):
+            path = output.local_path / layout / f"epoch_{epoch:04d}" / STATE_FILE
+            if not path.is_file():
+                continue
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                return
+            except Exception:
+                continue
+    raise CheckpointError("checkpoint: no readable checkpoint is left to resume from")
+
+
+def trained_epochs(output: Location) -> int:
+    """The last epoch in the run's metrics table (-1 without one)."""
+    try:
+        rows = read_metrics_table(output / "metrics.parquet")
+    except Exception:
+        return -1
+    return int(rows[-1]["epoch"]) if rows else -1
 
 
 def finish_run(cfg: ExperimentConfig, output: Path | str | Location) -> dict[str, Any]:
     output = resolve(output)
     rows = read_metrics_table(output / "metrics.parquet")
     summary = make_summary(rows, cfg.to_dict(), cfg.eval.selection_metric)
+    summary.update(run_health(rows, cfg))
     if (output / BEST_DIR / STATE_FILE).exists():  # the reported epoch's checkpoint, kept on disk
         summary["selected_checkpoint"] = f"{BEST_DIR}/{STATE_FILE}"
     write_summary(output / "summary.json", summary)

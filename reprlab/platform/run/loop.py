@@ -53,28 +53,35 @@ class CheckpointStore:
         self.dir = self.run / "checkpoints"
         self.in_process, self.keep, self.rank, self.report = in_process, keep, rank, report
 
-    def latest(self) -> dict[str, Any] | None:
+    def latest(self, cfg: ExperimentConfig | None = None) -> dict[str, Any] | None:
         """The newest readable checkpoint's state, or None for a fresh run. A corrupt or truncated
-        checkpoint is reported in one line and the previous one is used instead; when none is
-        readable, a CheckpointError."""
+        checkpoint, or (given ``cfg``) one written by another run (its stored config differs in
+        a key a resume may not change), is reported in one line and the previous one is used
+        instead; when none is usable, a CheckpointError."""
         import ray.train
 
-        if self.in_process:
-            candidates = _epoch_dirs(self.dir)
-        else:
+        # Every epoch directory on disk, newest first, whichever way it was written (in-process
+        # ``checkpoints/`` or Ray Train's ``ray/train/``: a resume may switch scaling.num_workers).
+        # Ray's registry can lag the disk: a run interrupted between Ray persisting a checkpoint
+        # and registering it resumes from the newest readable directory, not Ray's older one.
+        candidates = _epoch_dirs(self.dir) + _epoch_dirs(self.run / "ray" / "train")
+        if not self.in_process:
             ckpt = ray.train.get_checkpoint()
-            if ckpt is None:
-                return None
-            # Ray's newest, then the older checkpoints of this run beside it (on Ray's storage:
-            # a local or mounted path, or object storage)
-            here = Location(ckpt.filesystem, ckpt.path, self.run.scheme, self.run.query, self.run.userinfo)
-            candidates = [here] + [d for d in _epoch_dirs(here.parent) if d.name < here.name]
+            if ckpt is not None:  # Ray's newest (on Ray's storage), and the older ones beside it
+                here = Location(ckpt.filesystem, ckpt.path, self.run.scheme, self.run.query, self.run.userinfo)
+                candidates += [here] + [d for d in _epoch_dirs(here.parent) if d.name < here.name]
+        seen: set[str] = set()
+        candidates = [d for d in sorted(candidates, key=lambda d: d.name, reverse=True)
+                      if not (d.path in seen or seen.add(d.path))]
         for i, ckpt_dir in enumerate(candidates):
             try:
-                return _load_state(ckpt_dir / STATE_FILE)
+                state = _load_state(ckpt_dir / STATE_FILE)
+                if cfg is not None and isinstance(state, dict) and isinstance(state.get("config"), dict):
+                    _check_same_run(state["config"], cfg, ckpt_dir / STATE_FILE)
+                return state
             except CheckpointError as exc:
                 self._fell_back(exc, candidates[i + 1 :])
-        if candidates or not self.in_process:
+        if candidates:
             raise CheckpointError("checkpoint: no readable checkpoint is left to resume from")
         return None
 
@@ -100,7 +107,7 @@ class CheckpointStore:
             return
         tmp = Path(tempfile.mkdtemp(prefix="reprlab-ckpt-"))
         try:
-            torch.save(state, tmp / STATE_FILE)
+            _save_file(state, tmp / STATE_FILE)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
@@ -129,7 +136,11 @@ def _write_state(parent: Location, name: str, state: dict[str, Any]) -> None:
         final, tmp, old = local / name, local / f".tmp_{name}", local / f".old_{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save(state, tmp / STATE_FILE)
+        try:
+            _save_file(state, tmp / STATE_FILE)
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written copy is left behind
+            raise
         if final.exists():  # swap: the previous copy stays whole until the new one is in place
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -139,8 +150,34 @@ def _write_state(parent: Location, name: str, state: dict[str, Any]) -> None:
             os.replace(tmp, final)
     else:
         with tempfile.TemporaryDirectory(prefix="reprlab-ckpt-") as tmp:
-            torch.save(state, Path(tmp) / STATE_FILE)
+            _save_file(state, Path(tmp) / STATE_FILE)
             (parent / name).upload(Path(tmp))
+
+
+def _save_file(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` whose failures (a full disk: torch says only "file write failed") are one
+    StorageError line naming the file and the reason."""
+    from reprlab.platform.core.errors import StorageError
+    from reprlab.platform.run.guard import os_error_line
+
+    try:
+        torch.save(state, path)
+    except OSError as exc:
+        raise StorageError(f"checkpoint: cannot write {path}: {os_error_line(exc)}") from None
+    except RuntimeError as exc:  # PytorchStreamWriter: "file write failed" / "unexpected pos"
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else -1
+        reason = "no space left on device" if 0 <= free < (64 << 20) else " ".join(str(exc).split())[:200]
+        raise StorageError(f"checkpoint: cannot write {path}: {reason} ({free >> 20} MiB free there)") from None
+
+
+def _check_same_run(stored: dict[str, Any], cfg: ExperimentConfig, path: Location) -> None:
+    from reprlab.platform.core.errors import ConfigError
+    from reprlab.platform.run.guard import check_resume
+
+    try:
+        check_resume(parse_config(stored).to_dict(), cfg.to_dict(), path, what="checkpoint")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint: {path} belongs to another run ({str(exc).split(';')[0]})") from None
 
 
 def _epoch_dirs(parent: Location) -> list[Location]:
@@ -176,6 +213,13 @@ def quiet_ray_logs() -> None:
     the report logger of Ray 2.60 is named after its file)."""
     import ray.train.v2._internal.execution.context as train_context
 
+    from reprlab.platform.core.log import verbose
+
+    if verbose():
+        return
+    from reprlab.platform.core.log import quiet_ray
+
+    quiet_ray()
     for name in ("ray.train", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -202,7 +246,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                           enabled=rank == 0)
     history: list[dict[str, float]] = []
     start = 0
-    state = store.latest()
+    state = store.latest(cfg)
     if state is not None:
         method.load_state_dict(state["method"])
         history, start = state["history"], state["epoch"] + 1

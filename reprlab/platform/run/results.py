@@ -31,8 +31,19 @@ def write_metrics_table(path: Path | str | Location, rows: list[dict[str, float]
 
 
 def read_metrics_table(path: Path | str | Location) -> list[dict[str, Any]]:
+    """The table's rows; a file that is not a readable Parquet table is one StorageError line."""
+    from reprlab.platform.core.errors import StorageError
+
     loc = resolve(path)
-    return pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
+    try:
+        return pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, OSError) and not loc.exists():
+            raise FileNotFoundError(str(loc)) from None
+        reason = (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+        raise StorageError(f"storage: cannot read {loc}: {reason}") from None
 
 
 def _split_metrics(row: dict[str, Any], split: str) -> dict[str, float]:
@@ -87,6 +98,36 @@ def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_m
         "epochs_completed": int(rows[-1]["epoch"]),
         "config": config,
     }
+
+
+def run_health(rows: list[dict[str, Any]], cfg) -> dict[str, str]:
+    """``status`` of a finished run and why: ``diverged`` when the last evaluated epoch has a
+    non-finite metric, ``collapsed`` when its test headline metric (R@1 for metric learning; only
+    metrics that are maximized) fell below half of the untrained epoch 0's (an embedding that lost
+    its spread retrieves at chance), else ``completed``. The CLI exits with status 3 on the first
+    two, after printing the summary."""
+    from reprlab.platform.core.registry import METHODS
+
+    method = METHODS.get(cfg.method.name)
+    evaluated = [r for r in rows if any(k.startswith("test/") and r.get(k) is not None for k in r)]
+    if not evaluated:
+        return {"status": "completed", "status_reason": ""}
+    last = evaluated[-1]
+    bad = [k for k, v in last.items() if "/" in k and k.split("/")[0] in ("train", "val", "test")
+           and isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        return {"status": "diverged", "status_reason": f"{bad[0]} is {last[bad[0]]} at epoch {int(last['epoch'])}"}
+    key = f"test/{method.headline_metric}"
+    first = _value(rows[0], key)
+    now = _value(last, key)
+    if (method.headline_metric not in method.lower_is_better and last["epoch"] > 0 and first and now is not None
+            and now < 0.5 * first):
+        shown = (lambda v: f"{100 * v:.1f}") if method.headline_metric in METRIC_KEYS else (lambda v: f"{v:.4g}")
+        return {"status": "collapsed",
+                "status_reason": f"{key} fell from {shown(first)} (untrained, epoch 0) to {shown(now)} at epoch "
+                                 f"{int(last['epoch'])}, below half: the model lost what it could tell apart "
+                                 f"(e.g. optim.lr={cfg.optim.lr:g} too large)"}
+    return {"status": "completed", "status_reason": ""}
 
 
 def write_summary(path: Path | str | Location, summary: dict[str, Any]) -> None:

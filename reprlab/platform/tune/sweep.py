@@ -346,32 +346,101 @@ def replay_reports(run_dir: Path | str | Location) -> None:
 
 
 def run_sweep(sweep: Sweep, output: Path | str | Location, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the sweep; write trials.parquet, best.yaml, the leaderboard and the plot."""
+    """Run (or resume) the sweep; write trials.parquet, best.yaml, the leaderboard and the plot.
+    The sweep directory is claimed and checked like a run's (``run/guard.py``); a --resume must
+    continue the same sweep (``check_sweep_resume``); nothing is rewritten before that."""
+    from reprlab.platform.run.guard import check_output_path, claim
+
+    output = resolve(output)  # a local or mounted directory, or s3://bucket/prefix?options
+    check_output_path(None, output, "tune")
+    check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
+    lock = claim(output, "tune")  # one sweep command per directory at a time
+    try:
+        return _run_sweep(sweep, output, resume, lock)
+    except BaseException as exc:
+        if not resume and isinstance(exc, Exception) and not (output / TUNE_DIR).exists():
+            lock.rollback()  # failed before Tune started: the directory is as it was
+        raise
+    finally:
+        lock.release()
+        lock.undo_mkdir()
+
+
+SWEEP_STATE = "sweep_state.json"  # the checked sweep (spec and resolved base) a --resume must match
+
+
+def check_sweep_resume(sweep: Sweep, output: Location) -> None:
+    """A resume continues the same sweep: the same spec (trials aside) and a base experiment that
+    differs only in keys a run's resume may change. One line naming the first difference."""
+    from reprlab.platform.run.guard import check_resume, flatten
+
+    state = output / SWEEP_STATE
+    if state.is_file():
+        try:
+            stored = json.loads(state.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise ConfigError(f"tune: cannot read {state}: not JSON; the sweep's record is damaged") from None
+    elif (output / "sweep.yaml").is_file():  # sweeps from before sweep_state.json: the spec only
+        try:
+            stored = {"spec": SweepSpec.model_validate(yaml.safe_load((output / "sweep.yaml").read_text())).model_dump()}
+        except Exception:
+            return
+    else:
+        return
+    old, new = dict(flatten(stored.get("spec", {}))), dict(flatten(sweep.spec.model_dump()))
+    diff = [k for k in dict.fromkeys([*old, *new]) if k != "trials" and old.get(k) != new.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"tune: --resume with another sweep: {k} is {new.get(k)!r} here but {old.get(k)!r} in the "
+                          f"sweep in {output}; resume with its own sweep file ({output / 'sweep.yaml'}) or choose "
+                          f"another --output")
+    if "base" in stored:
+        check_resume(parse_config(copy.deepcopy(stored["base"])).to_dict(),
+                     parse_config(copy.deepcopy(sweep.base)).to_dict(), output, what="tune: --resume: base")
+
+
+def _run_sweep(sweep: Sweep, output: Location, resume: bool, lock) -> dict[str, Any]:
     import ray
     from ray import tune
 
     from reprlab.platform.contract.context import load_run_data
+    from reprlab.platform.core.log import verbose
     from reprlab.platform.run.loop import quiet_ray_logs
+    from reprlab.platform.run.preflight import check_data, check_resources
 
-    output = resolve(output)  # a local or mounted directory, or s3://bucket/prefix?options
-    check_writable(output)  # object storage: reachable, the bucket exists, writable; before Ray
     exp_dir = output / TUNE_DIR
     if resume and not exp_dir.is_dir():
         raise ConfigError(f"tune: {output} holds no sweep to resume")
     if not resume and exp_dir.exists():
         raise ConfigError(f"tune: {output} already holds a sweep; pass --resume to continue it, or choose another --output")
+    if resume:
+        check_sweep_resume(sweep, output)
     first = sweep.trial_config({}, 0 if sweep.spec.kfold else None)
-    load_run_data(first)  # data problems surface here, before Ray starts
+    check_data(first, load_run_data(first))  # data problems surface here, before Ray starts
+    spec = sweep.spec
+    quiet_ray_logs()
+    if not ray.is_initialized():
+        from reprlab.platform.core.log import ray_init
+
+        ray_init(log_to_driver=True)
+    check_resources(first)
+    if spec.resources.workers == 0:  # the trial process trains: one trial must fit the cluster
+        from reprlab.platform.run.preflight import fixed_size
+
+        have = ray.cluster_resources()
+        for key, want in trial_resources(spec).items():
+            if want and have.get(key, 0.0) + 1e-9 < want and fixed_size():
+                raise ConfigError(f"tune: resources: one trial needs {want:g} {key}(s), the cluster has "
+                                  f"{have.get(key, 0.0):g} (a fixed-size cluster); lower resources.cpus_per_worker / "
+                                  f"gpus_per_worker")
     output.mkdir()
     if sweep.source is not None and not resume:
         (output / "sweep.yaml").write_text(sweep.source.read_text())
-    spec = sweep.spec
+    if not resume:
+        (output / SWEEP_STATE).write_text(json.dumps({"spec": spec.model_dump(), "base": sweep.base}, default=str))
     sweep.output = output.uri
     # Tune's experiment state on the same storage (object storage: through its filesystem)
     fs = None if output.is_local else output.fs
-    quiet_ray_logs()
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep), trial_resources(spec))
     if resume:
@@ -387,7 +456,8 @@ def run_sweep(sweep: Sweep, output: Path | str | Location, resume: bool = False)
                 search_alg=search_algorithm(spec), scheduler=scheduler(spec, epochs),
                 max_concurrent_trials=max_concurrent(spec, ray.cluster_resources()),
             ),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.path, storage_filesystem=fs, verbose=1),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=output.path, storage_filesystem=fs,
+                                      verbose=1 if verbose() else 0),
         )
     grid = tuner.fit()
     from reprlab.platform.tune.results import collect_results
