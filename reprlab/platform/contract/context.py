@@ -81,7 +81,7 @@ class Context:
         leave them untouched.
         """
         module = module.to(self.device)
-        if self.cfg.train.sync_bn:  # BatchNorm statistics of the global batch, the same arithmetic on 1 or W workers
+        if _distributed() and self.cfg.train.sync_bn:  # BatchNorm statistics of the global batch
             module = convert_global_batchnorm(module)
         module = apply_speed_options(module, self.cfg.train, self.device)  # amp, channels_last, compile
         if _distributed() and any(p.requires_grad for p in module.parameters()):

@@ -103,8 +103,9 @@ class TrainSection(Section):
     grad_accumulation: int = Field(
         1, ge=1, description="micro-batches per optimizer step (methods that support it; same gradient, less memory)")
     sync_bn: bool = Field(
-        True, description="trainable BatchNorm normalizes over the global batch with float64 statistics, the same "
-                          "arithmetic on one worker or several; false: torch's BatchNorm, each worker over its own share")
+        True, description="several workers: trainable BatchNorm normalizes over the global batch (float64 statistics "
+                          "summed over the workers), so the result does not depend on the worker count; false: each "
+                          "worker over its own share")
 
 
 class EvalSection(Section):
