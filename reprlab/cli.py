@@ -279,15 +279,23 @@ def _bench_methods(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ConfigError(f"bench methods: --seeds {args.seeds!r}: expected integers separated by commas") from None
-    variants = tuple(mb.parse_variant(v) for v in args.variant) or mb.load_comparison(args.comparison)
+    comparison = mb.load_comparison(args.comparison)
+    if args.variant:  # variants given on the command line, reported with the comparison file's metrics
+        comparison = mb.Comparison(tuple(mb.parse_variant(v) for v in args.variant), comparison.metrics,
+                                   comparison.deltas, comparison.plot)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    rows = mb.run_comparison(variants, seeds, output, args.overrides, rerun=args.rerun_stale)
-    table = mb.format_table(mb.aggregate(rows))
-    print(f"test metrics at the epoch chosen by validation MAP@R, mean +- std over seeds {args.seeds}:")
+    rows = mb.run_comparison(comparison.variants, seeds, output, args.overrides, rerun=args.rerun_stale,
+                             metrics=comparison.collected)
+    table = mb.format_table(mb.aggregate(rows, comparison.metrics), comparison.metrics, comparison.deltas)
+    selections = sorted({r["selection"] for r in rows if r["selection"]})
+    print(f"test metrics at the epoch chosen by {' / '.join(selections) or 'each run'}, "
+          f"mean +- std over seeds {args.seeds}:")
     print(table)
     (output / "table.md").write_text(table + "\n")
     print(f"[reprlab] wrote {mb.write_results(rows, output)} and {output / 'table.md'}")
+    if comparison.plot is not None:
+        print(f"[reprlab] wrote {mb.write_plot(rows, comparison.plot, output)}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
     return 0
@@ -368,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("methods", help="methods side by side over several seeds (default: the glyphs comparison)")
     b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     b.add_argument("--variant", action="append", default=[], metavar="LABEL=PRESET[,KEY=VALUE...]",
-                   help="compare these instead of the default glyphs set (repeatable; the first is the baseline)")
+                   help="compare these instead of the comparison's variants, reported with its metrics "
+                        "(repeatable; the first is the baseline)")
     b.add_argument("--comparison", default="glyphs",
                    help="variants from a comparison file or a shipped one (default: glyphs, reprlab/comparisons/)")
     b.add_argument("--output", default="runs/bench-methods",

@@ -85,7 +85,7 @@ def test_bench_methods_bad_variant_is_one_line(capsys):
 def test_bench_methods_shipped_comparison_names_the_glyphs_presets(tmp_path, capsys):
     from reprlab.bench.methods_bench import load_comparison
 
-    variants = load_comparison("glyphs")
+    variants = load_comparison("glyphs").variants
     assert [v.label for v in variants] == ["margin", "D&C K=2", "D&C K=4", "D&C K=8", "MIC", "Sharing"]
     assert variants[2].overrides == ("method.num_clusters=4",)
     assert main(["bench", "methods", "--comparison", str(tmp_path / "none.yaml")]) == 2

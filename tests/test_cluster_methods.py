@@ -84,6 +84,28 @@ def test_conquer_phase_trains_the_full_embedding(tiny):
     assert all(not torch.equal(b, s.weight) for b, s in zip(before, slices))
 
 
+def test_full_loss_epoch_trains_the_full_embedding_on_cluster_batches_with_the_learners_criterion(tiny):
+    # The reference's schedule (issue 15): from full_loss_epoch on, a batch of cluster k still comes
+    # from cluster k and uses learner k's criterion, but its loss is on the full embedding, so every
+    # slice moves. Catches: the option ignored (only slice k moves), the switch one epoch late, the
+    # last criterion (the conquer one) used instead of learner k's.
+    dc = _method(tiny, "method.name=divide_conquer", "method.num_clusters=4", "method.full_loss_epoch=2",
+                 "method.conquer_epoch=3", "method.learn_beta=true")
+    slices = dc.model.heads["learners"].slices
+    for epoch, full in ((1, False), (2, True)):
+        dc.on_epoch_start(epoch)
+        x, y, k = next(iter(dc.batches(epoch)))
+        assert k is not None and dc.clusters is not None, "cluster batches until conquer_epoch"
+        before = [s.weight.detach().clone() for s in slices]
+        betas = [c.beta.detach().clone() for c in dc.criteria]
+        logs = dc.train_step((x, y, k))
+        assert logs["full_loss"] == float(full)
+        moved = [not torch.equal(b, s.weight) for b, s in zip(before, slices)]
+        assert moved == ([True] * 4 if full else [j == k for j in range(4)]), (epoch, k, moved)
+        changed = [not torch.equal(b, c.beta) for b, c in zip(betas, dc.criteria)]
+        assert changed == [j == k for j in range(len(dc.criteria))], (epoch, k, changed)
+
+
 def test_learnable_masks_train_with_an_orthogonality_penalty(tiny):
     dc = _method(tiny, "method.name=divide_conquer", "method.num_clusters=4", "method.masks=true")
     masks = dc.model.heads["learners"].masks
