@@ -307,7 +307,7 @@ def test_iin_presets_parse_and_the_paper_preset_has_the_papers_settings(first_st
         load_config(name, runs if name.startswith("iin/") else [])
     paper = load_config("iin/paper", runs)
     m = paper.method
-    assert (m.blocks, m.width, m.depth, m.rho, m.betas, m.lr_decay) == (12, 512, 2, 0.975, (0.5, 0.9), "linear")
+    assert (m.blocks, m.width, m.depth, m.rho, m.betas, m.lr_decay) == (12, 512, 3, 0.975, (0.5, 0.9), "linear")
     assert paper.data.global_batch == 25 and paper.optim.lr == 1.125e-4 and paper.eval.selection_metric == "nll"
 
 

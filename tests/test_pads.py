@@ -329,3 +329,22 @@ def test_resumed_pads_run_continues_the_same_episode(tiny, tmp_path, capfd):
         assert sb["iteration"] == sa["iteration"] and sb["reward"] == sa["reward"]
         assert sb["distribution"] == pytest.approx(sa["distribution"], rel=1e-6)
         assert sb["teacher/value"] == pytest.approx(sa["teacher/value"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["pads/cub", "pads/cars", "pads/sop"])
+def test_paper_presets_start_from_the_reference_codes_distribution(preset):
+    # CVPR2020_PADS (PADS_utilities.py, probmode 'uniform_low'): a uniform density on [0.3, 0.7]
+    # evaluated at support[:-1] + 2/n_support (support = linspace(0.1, 1.4, 30)), clipped below at
+    # 1e-15, normalized. Catches the presets falling back to the bin-centre window (bins 4-12) or
+    # to the 1e-10 floor.
+    from reprlab.platform.core.config import load_config
+
+    m = load_config(preset, []).method
+    settings = TeacherEnvSettings(**{k: getattr(m, k) for k in TeacherEnvSettings.model_fields})
+    support = np.linspace(0.1, 1.4, 30)
+    points = support[:-1] + 2 / 30
+    reference = np.clip(((points >= 0.3) & (points <= 0.7)) / 0.4, 1e-15, 1)
+    reference /= reference.sum()
+    assert np.flatnonzero(reference > 1e-3).tolist() == list(range(3, 12))
+    np.testing.assert_allclose(settings.initial(), reference, rtol=1e-9, atol=0)
+    assert m.out_of_range == "merge", "the reference bins every distance (its out-of-range mask never fires)"

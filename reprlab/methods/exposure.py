@@ -37,7 +37,7 @@ from reprlab.platform.data.camera import EV_NAMES, EVS, quantize
 from reprlab.platform.data.patches import SimulatedExposures, StoredPatches
 from reprlab.platform.data.types import ImageSet
 from reprlab.platform.eval import image as im
-from reprlab.platform.nn.gan import discriminator_step, generator_term, random_flips
+from reprlab.platform.nn.gan import apply_flips, discriminator_step, flip_choices, generator_term
 from reprlab.platform.nn.pyramid import (
     PatchDiscriminator,
     PyramidExposureNet,
@@ -176,10 +176,8 @@ class Exposure(Method):
             say(f"[reprlab] exposure: {c.model} generator, {parameter_count(gen):,} parameters")
         self.g = ctx.prepare(gen)
         if self.schedule.first_adversarial() is not None and c.adv_weight > 0:
-            disc = PatchDiscriminator(c.disc_widths)
-            if ctx.world_size > 1 and ctx.device.type == "cuda":
-                disc = nn.SyncBatchNorm.convert_sync_batchnorm(disc)
-            self.d = ctx.prepare(disc)
+            # several workers: ctx.prepare makes D's BatchNorm one over the global batch
+            self.d = ctx.prepare(PatchDiscriminator(c.disc_widths))
         if c.inputs == "simulated":
             try:
                 self.source = SimulatedExposures.from_pairs(ctx.data.train)
@@ -261,9 +259,10 @@ class Exposure(Method):
         adversarial = self._adversarial()
         if adversarial:
             flips = torch.Generator().manual_seed(self.ctx.seed(*batch["_key"], 0xD15))
+            choices = [flip_choices(n, flips)[self.ctx.share(n)] for _ in range(2)]  # global batch, this rank's rows
             side = unwrap(self.d).side
-            fake, real = (random_flips(F.interpolate(v, size=(side, side), mode="bilinear", align_corners=False), flips)
-                          for v in (y, t))
+            fake, real = (apply_flips(F.interpolate(v, size=(side, side), mode="bilinear", align_corners=False), ch)
+                          for v, ch in zip((y, t), choices))
             adv = generator_term(self.d, fake, grad=c.adv_grad == "generator")
             logs["adversarial"] = adv.mean().item()
         loss = self.ctx.global_mean(exposure_loss(y, ups, t, c.pyramid_loss_weight, adv, c.adv_weight), n)

@@ -113,6 +113,19 @@ class Context:
         dist.all_reduce(t)
         return bool(t.item() > 0)
 
+    def rank_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks that report it (once per epoch, for the logs).
+
+        A loss written as ``global_mean`` is, on each rank, that rank's term of the global batch's
+        mean (its sum x world size / n); the average of the terms is the global mean, the number
+        one process reports. Losses every rank computes on the gathered batch are unchanged."""
+        if not _distributed():
+            return values
+        parts: list[dict[str, float] | None] = [None] * self.world_size
+        dist.all_gather_object(parts, values)
+        keys = dict.fromkeys(k for p in parts for k in p)
+        return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+
     def rank_spread(self, values) -> float:
         """The largest difference between ranks of ``values`` (numbers that ranks in lock-step
         must agree on; 0 in-process), gathered on the context's device."""

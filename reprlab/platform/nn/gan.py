@@ -8,8 +8,8 @@ transfer): the generator's non-saturating term and one discriminator step, both 
 - :func:`discriminator_step`: binary cross-entropy of real (1) and detached fake (0) samples in one
   forward pass (one pass keeps DDP to one reduction per step; BatchNorm then sees real and fake
   together), a step of D's optimizer, and its logs.
-- :func:`random_flips`: a random vertical, horizontal or no flip per sample (D's input
-  augmentation in the exposure code), drawn from a given generator.
+- :func:`flip_choices` / :func:`apply_flips`: a random vertical, horizontal or no flip per sample
+  (D's input augmentation in the exposure code), drawn for the global batch from a given generator.
 """
 
 from __future__ import annotations
@@ -44,8 +44,15 @@ def discriminator_step(disc: nn.Module, optimizer: torch.optim.Optimizer, real: 
     return {"d_loss": loss.item(), "d_acc": acc.item()}
 
 
-def random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each sample flipped vertically, horizontally or not at all (one third each)."""
-    choice = torch.randint(0, 3, (x.shape[0],), generator=gen, device=gen.device).to(x.device)
+def flip_choices(n: int, gen: torch.Generator) -> torch.Tensor:
+    """For each of ``n`` samples: 0 (as it is), 1 (flipped vertically) or 2 (horizontally), one
+    third each. Drawn for a whole global batch, then each rank takes its rows, so that the flips
+    do not depend on the number of workers."""
+    return torch.randint(0, 3, (n,), generator=gen, device=gen.device)
+
+
+def apply_flips(x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """Each sample of ``x`` flipped as its entry of ``choice`` says (see :func:`flip_choices`)."""
+    choice = choice.to(x.device)
     out = torch.where((choice == 1)[:, None, None, None], x.flip(-2), x)
     return torch.where((choice == 2)[:, None, None, None], x.flip(-1), out)
