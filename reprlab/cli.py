@@ -238,6 +238,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from reprlab.bench.overhead_bench import bench_overhead, format_overhead_bench
 
         output = Path(args.output or time.strftime("runs/bench-overhead-%Y%m%d-%H%M%S"))
+        if args.tracker:  # one run per experiment tracker, against one without (docs/TRACKING.md)
+            from reprlab.bench.overhead_bench import bench_tracking_overhead, format_tracking_bench
+
+            result = bench_tracking_overhead(args.config or DEFAULT_PRESET, args.overrides, output, args.tracker,
+                                             epochs=args.epochs)
+            print(format_tracking_bench(result))
+            return 0
         result = bench_overhead(args.config or DEFAULT_PRESET, args.overrides, output, epochs=args.epochs)
         print(format_overhead_bench(result))
     elif args.what == "gather":
@@ -407,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(b)
     b.add_argument("--epochs", type=int, default=4, help="epochs of the run (default: 4)")
     b.add_argument("--output", help="where the run goes (default: runs/bench-overhead-TIME)")
+    b.add_argument("--tracker", action="append", choices=["none", "tensorboard", "mlflow", "wandb"],
+                   help="also time a run with this experiment tracker on (repeatable; each against a run without)")
     b = bsub.add_parser("data", help="data loading images/s: Parquet shards vs individual image files")
     b.add_argument("--root", help="a CUB-200-2011 directory (default: fabricate a CUB-like set in --output)")
     b.add_argument("--output", default="runs/bench-data", help="work directory: fabricated files, shards")

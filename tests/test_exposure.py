@@ -185,9 +185,16 @@ def test_bad_input_is_one_line_before_anything_is_written(sets, fragment, tmp_pa
 
 @pytest.mark.slow
 def test_two_ray_workers_equal_the_in_process_run(ray_session, tmp_path):
-    sets = TINY + ["method.stages=[{patch: 16, batch: 5, epochs: 1}, {patch: 32, batch: 4, epochs: 1}]"]
+    # Uneven shares (3 + 2) in the first stage; the second has the adversarial term, whose
+    # discriminator's BatchNorm must then see the global batch (GlobalBatchNorm via ctx.prepare).
+    sets = TINY + ["method.stages=[{patch: 16, batch: 5, epochs: 1}, {patch: 32, batch: 4, epochs: 1, adv_from: 1}]"]
     local = run_training(load_config("exposure/exposure_photos", sets), tmp_path / "local")
     ray2 = run_training(load_config("exposure/exposure_photos", [*sets, "scaling.num_workers=2",
                                                                    "scaling.cpus_per_worker=1"]), tmp_path / "ray")
     for key in ("psnr", "ssim", "psnr/under"):
         assert ray2["test"][key] == pytest.approx(local["test"][key], rel=1e-4), key
+    # the logged losses are the global batch's (each rank holds its term of the global mean);
+    # D's loss differs if its BatchNorm normalizes each rank's share on its own
+    logged = {run: pq.read_table(tmp_path / run / "metrics.parquet").to_pylist()[-1] for run in ("local", "ray")}
+    for key in ("train/loss", "train/d_loss"):
+        assert logged["ray"][key] == pytest.approx(logged["local"][key], rel=1e-4), key

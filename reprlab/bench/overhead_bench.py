@@ -89,3 +89,52 @@ def format_overhead_bench(r: dict[str, Any]) -> str:
                  f"{100 * r['mean_overhead_without_eval']:.1f}% without; over the timed epochs together: "
                  f"{100 * r['total_overhead']:.1f}%")
     return "\n".join(lines)
+
+
+# ---- experiment trackers (docs/TRACKING.md) ---------------------------------------------------------
+
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
+
+
+def tracker_overrides(tracker: str, output: Path) -> list[str]:
+    """``--set`` items turning one tracker on, writing only under ``output`` (an MLflow file
+    store, W&B offline run files): the bench measures the client side, no server."""
+    return {
+        "none": [],
+        "tensorboard": ["tracking.tensorboard.enabled=true"],
+        "mlflow": ["tracking.mlflow.enabled=true", f"tracking.mlflow.tracking_uri={Path(output).resolve() / 'mlruns'}"],
+        "wandb": ["tracking.wandb.enabled=true", "tracking.wandb.mode=offline"],
+    }[tracker]
+
+
+def bench_tracking_overhead(config: str, overrides: list[str], output: Path, trackers: list[str],
+                            epochs: int = 4) -> dict[str, Any]:
+    """One ``reprlab train`` per tracker (``none`` first: the baseline), each timed as above. A
+    tracker's cost per epoch is its "rest" (everything after training and evaluation: row,
+    checkpoint, report, and the trackers' calls) minus the baseline's."""
+    names = ["none", *[t for t in dict.fromkeys(trackers) if t != "none"]]
+    runs = {}
+    for name in names:
+        sets = [*overrides, *tracker_overrides(name, Path(output) / name)]
+        runs[name] = bench_overhead(config, sets, Path(output) / name, epochs=epochs)
+    base = runs["none"]
+    rows = []
+    for name, r in runs.items():
+        wall = statistics.mean(e["wall_s"] for e in r["per_epoch"])
+        rest = statistics.mean(e["rest_s"] for e in r["per_epoch"])
+        base_rest = statistics.mean(e["rest_s"] for e in base["per_epoch"])
+        rows.append({"tracker": name, "wall_s": wall, "rest_s": rest, "tracker_s": rest - base_rest,
+                     "tracker_share": (rest - base_rest) / wall, "startup_s": r["startup_s"],
+                     "startup_delta_s": r["startup_s"] - base["startup_s"], "command": r["command"]})
+    return {"config": config, "overrides": overrides, "epochs": epochs, "trackers": rows}
+
+
+def format_tracking_bench(r: dict[str, Any]) -> str:
+    lines = [f"tracker overhead bench: {r['config']} {' '.join(r['overrides'])} ({r['epochs']} epochs, "
+             f"epochs 1..{r['epochs'] - 1} timed)",
+             "| tracker | wall s / epoch | rest s / epoch | tracker s / epoch | share of the epoch | start-up s (vs none) |",
+             "|---|---|---|---|---|---|"]
+    for t in r["trackers"]:
+        lines.append(f"| {t['tracker']} | {t['wall_s']:.3f} | {t['rest_s']:.3f} | {t['tracker_s']:+.3f} | "
+                     f"{100 * t['tracker_share']:+.1f}% | {t['startup_s']:.2f} ({t['startup_delta_s']:+.2f}) |")
+    return "\n".join(lines)

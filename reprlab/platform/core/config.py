@@ -132,6 +132,39 @@ class CheckpointSection(Section):
     keep: int = Field(2, ge=1, description="checkpoints kept on disk")
 
 
+class TensorBoardTracking(Section):
+    enabled: bool = False
+    dir: str | None = Field(None, description="event file directory (default: RUN/tensorboard; a local or mounted path)")
+
+
+class MLflowTracking(Section):
+    enabled: bool = False
+    tracking_uri: str | None = Field(
+        None, description="http(s)://host:port of a tracking server, sqlite:///file.db, or a directory / file:// URI "
+                          "(a file store); default: MLFLOW_TRACKING_URI, else MLflow's own default")
+    experiment_name: str | None = Field(None, description="default: experiment.name (in a sweep: the sweep's name)")
+
+
+class WandbTracking(Section):
+    enabled: bool = False
+    project: str = Field("reprlab", min_length=1)
+    entity: str | None = Field(None, description="W&B user or team (default: the API key's default entity)")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="offline: run files only (RUN/wandb), uploaded later with `wandb sync`")
+    dir: str | None = Field(None, description="where W&B keeps its run files (default: RUN; a local or mounted path)")
+
+
+class TrackingSection(Section):
+    """Experiment trackers, each off by default; rank 0 alone talks to them (``run/tracking.py``)."""
+
+    tensorboard: TensorBoardTracking = TensorBoardTracking()
+    mlflow: MLflowTracking = MLflowTracking()
+    wandb: WandbTracking = WandbTracking()
+    on_error: Literal["fail", "warn"] = Field(
+        "fail", description="a missing package or unreachable tracker: fail before Ray starts (one line), or warn "
+                            "and train without that tracker")
+
+
 class MethodConfig(Section):
     """Base of every method's config; each method subclasses it with ``name: Literal[...]``."""
 
@@ -151,6 +184,7 @@ class ExperimentConfig(Section):
     eval: EvalSection = EvalSection()
     scaling: ScalingSection = ScalingSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    tracking: TrackingSection = TrackingSection()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -15,7 +15,7 @@ from reprlab.platform.core.storage import Location, check_writable, resolve
 from reprlab.platform.run.loop import BEST_DIR, STATE_FILE, quiet_ray_logs, say, train_worker
 from reprlab.platform.run.guard import (check_output_path, check_resume, checkpoint_epochs, claim, os_error_line,
                                         stored_config)
-from reprlab.platform.run.preflight import check_data, check_resources
+from reprlab.platform.run.preflight import check_data, check_resources, check_tracking
 
 RAY_RUN_NAME = "train"
 
@@ -39,13 +39,15 @@ def write_config(cfg: ExperimentConfig, target: Path | str | Location) -> None:
 
 def make_trainer(
     cfg: ExperimentConfig, run_dir: Path | str | Location, callbacks: list | None = None, report: str = "train",
-    trial: str = "",
+    trial: str = "", tracking: dict[str, Any] | None = None,
 ):
     """The TorchTrainer of one run (also what a Tune trial builds and fits). ``report``: how an
     in-process run reports (see ``CheckpointStore``); in a Tune trial it forwards to Tune itself,
     as Ray Train's callbacks (TuneReportCallback) do not run in-process. The workers get the run
     directory as a URI (object storage) or a path; Ray persists its checkpoints under ``RUN/ray``
-    on the same storage (``storage_filesystem`` for object storage)."""
+    on the same storage (``storage_filesystem`` for object storage). ``tracking``: what rank 0's
+    experiment trackers get (``run/tracking.py``: the trackers the checks passed, a sweep's name,
+    trial and parameters)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -60,7 +62,7 @@ def make_trainer(
         train_worker,
         torch_config=TorchConfig(backend=process_group_backend(cfg)),
         train_loop_config={"config": cfg.to_dict(), "run_dir": run.uri, "report": report,
-                           "trial": trial},
+                           "trial": trial, "tracking": tracking},
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.use_gpu,
@@ -151,6 +153,7 @@ def run_training(cfg: ExperimentConfig, output: Path | str | Location, resume: b
             check_readable_checkpoint(output)
         check_gpu(cfg)
         check_data(cfg, load_run_data(cfg))  # data problems surface here, before Ray starts
+        trackers = check_tracking(cfg, output)  # packages, servers: before Ray starts
         quiet_ray_logs()
         ensure_ray(cfg)
         check_resources(cfg)
@@ -158,7 +161,7 @@ def run_training(cfg: ExperimentConfig, output: Path | str | Location, resume: b
         output.mkdir()
         write_config(cfg, output / "config.yaml")
         try:
-            make_trainer(cfg, output).fit()
+            make_trainer(cfg, output, tracking={"use": trackers}).fit()
         except ReprlabError:
             raise
         except Exception as exc:

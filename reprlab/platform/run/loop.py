@@ -31,6 +31,7 @@ from reprlab.platform.core.registry import METHODS
 from reprlab.platform.run.results import make_summary, write_metrics_table
 from reprlab.platform.core.storage import Location, resolve
 from reprlab.platform.run.telemetry import Telemetry
+from reprlab.platform.run.tracking import Tracking
 from reprlab.platform.core.log import say
 
 STATE_FILE = "state.pt"
@@ -253,39 +254,51 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             say(f"[reprlab] resumed from the checkpoint of epoch {state['epoch']}")
 
-    for epoch in range(start, cfg.train.epochs + 1):
-        t0, started_at = time.perf_counter(), time.time()
-        train_logs = _train_epoch(method, ctx, epoch, telemetry) if epoch > 0 else {}
-        iterations = int(train_logs.pop("_iterations", 0))
-        first_step_at = train_logs.pop("_first_step_at", None)
-        t_train = time.perf_counter() - t0
-        evals = _evaluate(method, ctx, epoch, history)
-        row = {
-            "epoch": float(epoch),
-            **{f"train/{k}": v for k, v in train_logs.items()},
-            **{f"method/{k}": float(v) for k, v in method.epoch_metrics().items()},
-            **evals,
-            "time/train_s": t_train,
-            "time/eval_s": time.perf_counter() - t0 - t_train,
-            # wall clock (Unix seconds) at the epoch's start: the time between two epochs' starts
-            # minus train and eval is the checkpoint save + report (see `reprlab bench faults`)
-            "time/started_at": started_at,
-            "throughput/images_per_s": (iterations * method.images_per_step() * world / t_train) if epoch else 0.0,
-        }
-        if first_step_at is not None:  # wall clock when the epoch's first train_step returned (`bench overhead`)
-            row["time/first_step_at"] = first_step_at
-        steps = method.step_records()
-        if steps:
-            row["steps"] = steps
-        history.append(row)
-        if rank == 0:
-            write_metrics_table(run_dir / "metrics.parquet", history)
-            say(_epoch_line(row, cfg))
-            telemetry.epoch(row)
-        state = {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}
-        if selected_epoch(history, cfg) == epoch:  # the epoch the summary reports: kept as best/
-            store.save_best(state)
-        store.save_and_report(state, {k: v for k, v in row.items() if k != "steps"})
+    # rank 0 alone talks to the experiment trackers (run/tracking.py); others get one that does nothing
+    tracking = Tracking.open(cfg, run_dir, rank, loop_config.get("tracking"))
+    status = "FAILED"
+    try:
+        for epoch in range(start, cfg.train.epochs + 1):
+            t0, started_at = time.perf_counter(), time.time()
+            train_logs = _train_epoch(method, ctx, epoch, telemetry) if epoch > 0 else {}
+            iterations = int(train_logs.pop("_iterations", 0))
+            first_step_at = train_logs.pop("_first_step_at", None)
+            t_train = time.perf_counter() - t0
+            evals = _evaluate(method, ctx, epoch, history)
+            row = {
+                "epoch": float(epoch),
+                **{f"train/{k}": v for k, v in train_logs.items()},
+                **{f"method/{k}": float(v) for k, v in method.epoch_metrics().items()},
+                **evals,
+                "time/train_s": t_train,
+                "time/eval_s": time.perf_counter() - t0 - t_train,
+                # wall clock (Unix seconds) at the epoch's start: the time between two epochs' starts
+                # minus train and eval is the checkpoint save + report (see `reprlab bench faults`)
+                "time/started_at": started_at,
+                "throughput/images_per_s": (iterations * method.images_per_step() * world / t_train) if epoch else 0.0,
+            }
+            if first_step_at is not None:  # wall clock when the epoch's first train_step returned (`bench overhead`)
+                row["time/first_step_at"] = first_step_at
+            steps = method.step_records()
+            if steps:
+                row["steps"] = steps
+            history.append(row)
+            if rank == 0:
+                write_metrics_table(run_dir / "metrics.parquet", history)
+                say(_epoch_line(row, cfg))
+                telemetry.epoch(row)
+                tracking.epoch(row)
+            state = {"epoch": epoch, "method": method.state_dict(), "history": history, "config": cfg.to_dict()}
+            if selected_epoch(history, cfg) == epoch:  # the epoch the summary reports: kept as best/
+                store.save_best(state)
+            store.save_and_report(state, {k: v for k, v in row.items() if k != "steps"})
+        tracking.finish(history)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.close(status)
 
 
 def selected_epoch(history: list[dict[str, Any]], cfg: ExperimentConfig) -> int:
@@ -359,7 +372,8 @@ def _train_epoch(method, ctx: Context, epoch: int, telemetry: Telemetry) -> dict
             say(f"[reprlab] epoch {epoch}/{ctx.cfg.train.epochs} iteration {n}/{total} "
                 f"loss {sums['loss'] / n:.4f} {rate:.0f} img/s")
     method.on_epoch_end(epoch)
-    return {**{k: v / counts[k] for k, v in sums.items()}, "_iterations": n, "_first_step_at": first_step_at}
+    means = ctx.rank_mean({k: v / counts[k] for k, v in sums.items()})  # a per-rank term -> the global value
+    return {**means, "_iterations": n, "_first_step_at": first_step_at}
 
 
 def _epoch_line(row: dict[str, float], cfg: ExperimentConfig) -> str:

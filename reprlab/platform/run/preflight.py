@@ -1,7 +1,7 @@
 """Checks that need the data or the cluster, made on the driver before anything is written.
 
-``run_training`` calls :func:`check_data` with the run's loaded data and :func:`check_resources`
-once Ray is up. Everything here raises one ``ConfigError``/``DataError`` line; nothing writes.
+``run_training`` calls :func:`check_data` with the run's loaded data, :func:`check_tracking` (the
+experiment trackers: packages, servers) and :func:`check_resources` once Ray is up. Everything here raises one ``ConfigError``/``DataError`` line; nothing writes.
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from reprlab.platform.core.config import ExperimentConfig
 from reprlab.platform.core.errors import ConfigError, DataError, ReprlabError
 from reprlab.platform.core.log import say
+from reprlab.platform.core.storage import Location, resolve
+from reprlab.platform.run.tracking import PACKAGES, PIP_NAMES, enabled, mlflow_uri
 
 
 def check_data(cfg: ExperimentConfig, data) -> None:
@@ -130,3 +133,98 @@ def check_resources(cfg: ExperimentConfig, poll_s: float = 2.0, notice_s: float 
         time.sleep(poll_s)
         short = _shortfall(need, ray.cluster_resources())
     sys.stdout.flush()
+
+
+# ---- experiment trackers ------------------------------------------------------------------------
+
+
+def check_tracking(cfg: ExperimentConfig, run_dir: Location | str | Path | None) -> list[str]:
+    """The trackers this run will use. A missing package, an unreachable MLflow server or W&B
+    service, or a local directory that cannot be had is one ConfigError line
+    (``tracking.on_error=fail``) or one warning line, and the run goes on without that tracker."""
+    run = resolve(run_dir) if run_dir is not None else None
+    use = []
+    for name in enabled(cfg):
+        problem = _problem(name, cfg, run)
+        if problem is None:
+            use.append(name)
+        elif cfg.tracking.on_error == "fail":
+            raise ConfigError(f"config: {problem} (or tracking.on_error=warn to train without it)")
+        else:
+            say(f"[reprlab] warning: {problem}; training without {name} (tracking.on_error=warn)")
+    return use
+
+
+def _problem(name: str, cfg: ExperimentConfig, run: Location | None) -> str | None:
+    import importlib
+
+    try:
+        importlib.import_module(PACKAGES[name])
+    except ImportError:
+        return (f"tracking.{name}.enabled: the {PIP_NAMES[name]} package is not installed "
+                f"(pip install 'reprlab[tracking]'), or set tracking.{name}.enabled=false")
+    if name in ("tensorboard", "wandb"):
+        section = getattr(cfg.tracking, name)
+        if name == "wandb" and section.mode == "online":
+            problem = _wandb_online_problem()
+            if problem:
+                return problem
+        if run is not None and section.dir is None and not run.is_local:
+            return (f"tracking.{name}.dir: the run directory {run} is object storage and {name} writes local "
+                    f"files; set tracking.{name}.dir to a local or mounted directory")
+        return None
+    return _mlflow_problem(cfg.tracking.mlflow.tracking_uri)
+
+
+def _mlflow_problem(setting: str | None) -> str | None:
+    import urllib.error
+    import urllib.request
+
+    uri = mlflow_uri(setting)
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                response.read(64)
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                return f"tracking.mlflow.tracking_uri: the MLflow server at {uri} answers HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            return f"tracking.mlflow.tracking_uri: cannot reach the MLflow server at {uri} ({reason})"
+    elif uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path))
+        parent = next((p for p in (path, *path.parents) if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK) or (path.exists() and not path.is_dir()):
+            return f"tracking.mlflow.tracking_uri: cannot write an MLflow file store at {path}"
+    return None
+
+
+def _wandb_online_problem() -> str | None:
+    """Online W&B needs an API key and the service: one line for either, before Ray starts."""
+    import netrc
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    host = urlparse(base).hostname or base
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            key = (netrc.netrc().authenticators(host) or (None, None, None))[2]
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    if not key:
+        return (f"tracking.wandb.mode=online: no W&B API key for {host} (set WANDB_API_KEY or run `wandb login`); "
+                f"or use tracking.wandb.mode=offline")
+    try:
+        with urllib.request.urlopen(base, timeout=5) as response:
+            response.read(64)
+    except urllib.error.HTTPError:
+        pass  # the service answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return f"tracking.wandb.mode=online: cannot reach {base} ({reason}); or use tracking.wandb.mode=offline"
+    return None

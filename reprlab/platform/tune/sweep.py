@@ -138,6 +138,7 @@ class Sweep:
     def __init__(self, spec: SweepSpec, base: dict[str, Any], source: Path | None) -> None:
         self.spec, self.base, self.source = spec, base, source
         self.output: str | None = None  # set by run_sweep (a path or URI); trials write under OUTPUT/trials
+        self.trackers: list[str] = []  # the experiment trackers the checks passed (set by run_sweep)
 
     def trial_config(self, params: dict[str, Any], fold: int | None = None) -> ExperimentConfig:
         """The experiment of one trial: the base with ``params`` (dotted keys) set."""
@@ -314,7 +315,11 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
         if forward:
             replay_reports(run_dir)
         callbacks = [TuneReportCallback()] if forward and not in_process else None
-        make_trainer(cfg, run_dir, callbacks, report="tune" if forward else "none", trial=trial_id).fit()
+        # each trial (each fold) one tracker run under the sweep's experiment / group, with its parameters
+        tracking = {"use": sweep.trackers, "sweep": sweep.spec.name, "trial": trial_id, "params": params,
+                    "name": trial_id if fold is None else f"{trial_id}-fold{fold}"}
+        make_trainer(cfg, run_dir, callbacks, report="tune" if forward else "none", trial=trial_id,
+                     tracking=tracking).fit()
         rows = read_metrics_table(run_dir / "metrics.parquet")
         write_summary(run_dir / "summary.json", make_summary(rows, cfg.to_dict(), cfg.eval.selection_metric))
     if sweep.spec.kfold is not None:  # the trial's metric per epoch: the mean over folds
@@ -406,7 +411,7 @@ def _run_sweep(sweep: Sweep, output: Location, resume: bool, lock) -> dict[str, 
     from reprlab.platform.contract.context import load_run_data
     from reprlab.platform.core.log import verbose
     from reprlab.platform.run.loop import quiet_ray_logs
-    from reprlab.platform.run.preflight import check_data, check_resources
+    from reprlab.platform.run.preflight import check_data, check_resources, check_tracking
 
     exp_dir = output / TUNE_DIR
     if resume and not exp_dir.is_dir():
@@ -417,6 +422,7 @@ def _run_sweep(sweep: Sweep, output: Location, resume: bool, lock) -> dict[str, 
         check_sweep_resume(sweep, output)
     first = sweep.trial_config({}, 0 if sweep.spec.kfold else None)
     check_data(first, load_run_data(first))  # data problems surface here, before Ray starts
+    sweep.trackers = check_tracking(first, output)  # trackers' packages and servers, before Ray starts
     spec = sweep.spec
     quiet_ray_logs()
     if not ray.is_initialized():
@@ -462,4 +468,11 @@ def _run_sweep(sweep: Sweep, output: Location, resume: bool, lock) -> dict[str, 
     grid = tuner.fit()
     from reprlab.platform.tune.results import collect_results
 
-    return collect_results(sweep, output, grid)
+    summary = collect_results(sweep, output, grid)
+    if sweep.trackers and summary.get("best_trial"):  # the best trial marked in the trackers
+        from reprlab.platform.run.tracking import mark_best_trial
+
+        best = output / TRIALS_DIR / summary["best_trial"]
+        runs = [best] if spec.kfold is None else [best / f"fold{f}" for f in range(spec.kfold.folds)]
+        mark_best_trial(first, sweep.trackers, runs, spec.name)
+    return summary
