@@ -13,7 +13,9 @@ What a data set can provide (``DataSet.provides``):
 - ``paired``: an input/target image per sample (``ImageSet.target``: image-to-image methods);
 - ``dense``: dense per-pixel targets (``ImageSet.dense``: masks, flow fields);
 - ``keypoints``: keypoints per image (``ImageSet.dense`` of kind ``keypoints``);
-- ``query_gallery``: a test protocol of query images retrieved from a separate gallery.
+- ``query_gallery``: a test protocol of query images retrieved from a separate gallery;
+- ``appearance_pairs``: pairs sharing appearance and transfer triplets with exact ground truth
+  (disentangling), from ``extra["appearance_pose"]`` (:mod:`reprlab.platform.data.appearance`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from reprlab.platform.core.config import DataSection, Section
     from reprlab.platform.data.types import Benchmark, ImageSet
 
-CAPABILITIES = ("labels", "metadata", "factor_pairs", "paired", "dense", "keypoints", "query_gallery")
+CAPABILITIES = ("labels", "metadata", "factor_pairs", "paired", "dense", "keypoints", "query_gallery",
+                "appearance_pairs")
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,36 @@ class ColoredDigitPairs:
                 render(self.gray[d["second"]], d["color2"], self.size), d["shared"])
 
 
+class DigitColorTransfer:
+    """Appearance / pose source over one split (:mod:`reprlab.platform.data.appearance`), the
+    disentangling smoke test: appearance = the colour, pose = the digit's strokes. Pairs share the
+    colour (factor ``color`` of :class:`ColoredDigitPairs`); a triplet's ground truth is the pose
+    image's strokes re-rendered in the appearance image's colour."""
+
+    def __init__(self, images: ImageSet, size: int, low: float) -> None:
+        self.pixels = images.pixels
+        self.gray = source_digits()[0][images.meta["digit_index"]]
+        self.color = np.asarray(images.meta["color"], np.float32)
+        self.labels = images.labels
+        self.size = size
+        self._pairs = ColoredDigitPairs(images, size, low)
+
+    def pairs(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        x1, x2, _ = self._pairs.sample(n, rng, factor=np.ones(n, np.int64))
+        return x1, x2
+
+    def triplets(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        app = rng.integers(0, len(self.labels), n)
+        pose = (app + rng.integers(1, len(self.labels), n)) % len(self.labels)
+        return self.truth(app, pose), app, pose
+
+    def truth(self, app_rows: np.ndarray, pose_rows: np.ndarray) -> np.ndarray:
+        return render(self.gray[pose_rows], self.color[app_rows], self.size)
+
+    def factors(self) -> dict[str, np.ndarray]:
+        return {"appearance": self.color.astype(np.float64), "pose": np.eye(10)[self.labels]}
+
+
 def _load(section, root) -> Benchmark:
     c = section.colored_digits
     return load_colored_digits(c.size, c.seed, c.test_fraction, c.min_channel)
@@ -139,10 +169,12 @@ register_dataset(DataSet(
     description="colored digits: scikit-learn's 1,797 8 x 8 digits, upscaled and colored at random; "
                 "factors digit and color (generated in memory)",
     load=_load,
-    provides=frozenset({"labels", "metadata", "factor_pairs"}),
+    provides=frozenset({"labels", "metadata", "factor_pairs", "appearance_pairs"}),
     Config=ColoredDigitsSection,
     root="none",
     pairs=lambda section, images, all_but: ColoredDigitPairs(
         images, section.colored_digits.size, section.colored_digits.min_channel),
     pair_spec=ColoredDigitPairs,
+    extra={"appearance_pose": lambda section, images: DigitColorTransfer(
+        images, section.colored_digits.size, section.colored_digits.min_channel)},
 ))
