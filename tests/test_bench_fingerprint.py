@@ -95,11 +95,14 @@ def test_a_comparison_without_metrics_reports_retrieval_and_bad_metrics_are_one_
     glyphs = mb.load_comparison("glyphs")
     assert glyphs.metrics == mb.RETRIEVAL and glyphs.deltas == ("recall@1", "map@r")
     exposure = mb.load_comparison("exposure_photos")
-    assert exposure.metrics[0].key == "psnr" and exposure.deltas == ("psnr",)
+    assert exposure.metrics[0].key == "psnr" and exposure.deltas == ("psnr", "psnr/under", "psnr/over")
+    for name in ("pads_glyphs", "disentangle_sprites"):  # every shipped comparison loads
+        assert mb.load_comparison(name).variants
     for text, what in [("metrics: []\n", "non-empty list"), ("metrics: [{label: x}]\n", "expected a summary key"),
                        ("metrics: [{key: psnr, colour: red}]\n", "unknown field 'colour'"),
                        ("metrics: [psnr]\ndeltas: [ssim]\n", "deltas"),
-                       ("plot: {file: a.png, metrics: [psnr], x: [a, b]}\n", "plot: expected")]:
+                       ("plot: {file: a.png, metrics: [psnr], x: [a, b]}\n", "plot: expected"),
+                       ("lower_is_better: [psnr]\n", "unknown key 'lower_is_better'")]:
         path = tmp_path / "bad.yaml"
         path.write_text(text + "variants:\n  - {label: a, preset: margin/glyphs}\n")
         with pytest.raises(ConfigError, match=what):

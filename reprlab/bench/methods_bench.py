@@ -149,6 +149,10 @@ def load_comparison(source: str) -> Comparison:
         raise ConfigError(
             f"bench methods: --comparison {source}: expected 'variants:' with label, preset and optional overrides"
         ) from None
+    unknown = sorted(set(doc) - {"metrics", "deltas", "plot", "variants"})
+    if unknown:
+        raise ConfigError(f"bench methods: --comparison {source}: unknown key {unknown[0]!r} "
+                          f"(metrics, deltas, plot, variants)")
     plot = _plot(doc["plot"], source) if "plot" in doc else None
     if "metrics" not in doc:
         return Comparison(variants, plot=plot)
