@@ -8,6 +8,8 @@ base, :mod:`reprlab.platform.dml.batches`."""
 
 from __future__ import annotations
 
+import zlib
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,17 +116,24 @@ class Context:
         return bool(t.item() > 0)
 
     def rank_mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Each value averaged over the ranks that report it (once per epoch, for the logs).
+        """Each value averaged over the ranks (once per epoch, for the logs), on the process
+        group's device.
 
         A loss written as ``global_mean`` is, on each rank, that rank's term of the global batch's
         mean (its sum x world size / n); the average of the terms is the global mean, the number
-        one process reports. Losses every rank computes on the gathered batch are unchanged."""
+        one process reports. Losses every rank computes on the gathered batch are unchanged. If
+        the ranks logged different keys, each keeps its own values."""
         if not _distributed():
             return values
-        parts: list[dict[str, float] | None] = [None] * self.world_size
-        dist.all_gather_object(parts, values)
-        keys = dict.fromkeys(k for p in parts for k in p)
-        return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+        keys = sorted(values)
+        tag = torch.tensor([len(keys), zlib.crc32("\0".join(keys).encode())], dtype=torch.float64, device=self.device)
+        tags = [torch.empty_like(tag) for _ in range(self.world_size)]
+        dist.all_gather(tags, tag)
+        if any(not torch.equal(t, tag) for t in tags):
+            return values
+        total = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return dict(zip(keys, (total / self.world_size).tolist()))
 
     def rank_spread(self, values) -> float:
         """The largest difference between ranks of ``values`` (numbers that ranks in lock-step
