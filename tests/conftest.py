@@ -43,6 +43,21 @@ def _seeded():
     yield
 
 
+@pytest.fixture
+def cli_error(capsys):
+    """``reprlab ARGV`` must fail with exit 2 and one ``reprlab: error:`` line (no traceback);
+    returns the line."""
+    from reprlab.cli import main
+
+    def run(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("reprlab: error: ") and "\n" not in err and "Traceback" not in err
+        return err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def glyphs_root(tmp_path_factory) -> Path:
     """A glyphs cache built once per session with the tiny settings."""

@@ -82,13 +82,6 @@ def test_a_new_data_set_is_one_module_and_margin_trains_on_it(digits_set, tmp_pa
 # ------------------------------------------------------------------------- the catalog's checks
 
 
-def _fails(argv: list[str], capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("reprlab: error: ") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("sets, fragment", [
     (["data.name=nope"], "data.name: unknown data set 'nope' (known: "),
     (["data.name=toy_pairs"], "method margin needs labels, which data set toy_pairs does not provide"),
@@ -101,14 +94,14 @@ def _fails(argv: list[str], capsys) -> str:
      "input images are 20x20 but target images are 12x12"),
     (["method.name=pixel_map", "data.name=toy_pairs", "data.validation.protocol=kfold"], "kfold splits classes"),
 ])
-def test_bad_data_for_the_method_is_one_line_before_anything_is_written(sets, fragment, tmp_path, capsys):
+def test_bad_data_for_the_method_is_one_line_before_anything_is_written(sets, fragment, tmp_path, cli_error):
     out = tmp_path / "run"
     base = tmp_path / "base.yaml"  # the defaults: margin on glyphs
     base.write_text("{}\n")
     args = ["train", str(base), "--output", str(out)]
     for s in sets:
         args += ["--set", s]
-    assert fragment in _fails(args, capsys)
+    assert fragment in cli_error(args)
     assert not out.exists()
 
 

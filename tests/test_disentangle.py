@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reprlab.cli import main
 from reprlab.platform.core.config import load_config
 from reprlab.platform.nn.controllers import RegularizationControl
 from reprlab.platform.nn.mi import SeparableCritic, estimate_mi, frozen_reading
@@ -227,13 +226,6 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(straight, tmp_path):
                 assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-6), (ra["epoch"], key)
 
 
-def _fails(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("reprlab: error: ") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("sets, fragment", [
     (["method.mode=shortcut"], "method.mode"),
     (["method.code_size=3"], "images of 32 px cannot be halved to a code of 3 x 3"),
@@ -241,12 +233,12 @@ def _fails(argv, capsys) -> str:
     (["data.name=glyphs"], "needs appearance_pairs"),
     (["data.name=sprites_reed", "data.root=/nonexistent/sprites"], "directory not found"),
 ])
-def test_bad_input_is_one_line_before_anything_is_written(sets, fragment, tmp_path, capsys):
+def test_bad_input_is_one_line_before_anything_is_written(sets, fragment, tmp_path, cli_error):
     out = tmp_path / "run"
     args = ["train", "disentangle/sprites", "--output", str(out)]
     for s in TINY + sets:
         args += ["--set", s]
-    assert fragment in _fails(args, capsys)
+    assert fragment in cli_error(args)
     assert not out.exists()
 
 

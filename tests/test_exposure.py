@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reprlab.cli import main
 from reprlab.methods.exposure import exposure_loss
 from reprlab.platform.contract.context import Context, load_run_data
 from reprlab.platform.core.config import load_config
@@ -159,13 +158,6 @@ def test_the_real_layout_reader_pairs_inputs_with_their_targets(tmp_path):
         load_exposure_fivek(tmp_path / "bad")
 
 
-def _fails(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("reprlab: error: ") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("sets, fragment", [
     (["train.epochs=3"], "the stages of method.stages add up to 2 epochs, got train.epochs=3"),
     (["method.stages=[{patch: 18, batch: 4, epochs: 2}]"], "patch 18 is not a multiple of 4"),
@@ -174,12 +166,12 @@ def _fails(argv, capsys) -> str:
     (["data.name=exposure_fivek", "data.root=/nonexistent/fivek"], "exposure_fivek (data.root) directory not found"),
     (["data.name=glyphs"], "method exposure needs paired"),
 ])
-def test_bad_input_is_one_line_before_anything_is_written(sets, fragment, tmp_path, capsys):
+def test_bad_input_is_one_line_before_anything_is_written(sets, fragment, tmp_path, cli_error):
     out = tmp_path / "run"
     args = ["train", "exposure/exposure_photos", "--output", str(out)]
     for s in TINY + sets:
         args += ["--set", s]
-    assert fragment in _fails(args, capsys)
+    assert fragment in cli_error(args)
     assert not out.exists()
 
 
