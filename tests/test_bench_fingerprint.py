@@ -107,3 +107,6 @@ def test_a_comparison_without_metrics_reports_retrieval_and_bad_metrics_are_one_
         path.write_text(text + "variants:\n  - {label: a, preset: margin/glyphs}\n")
         with pytest.raises(ConfigError, match=what):
             mb.load_comparison(str(path))
+    path.write_text("variants:\n  - {label: plain (no KL, no MI), preset: margin/glyphs}\n")  # the comma splits the label
+    with pytest.raises(ConfigError, match="variant 'plain \\(no KL': unknown key 'no MI\\)'"):
+        mb.load_comparison(str(path))

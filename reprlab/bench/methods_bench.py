@@ -149,6 +149,11 @@ def load_comparison(source: str) -> Comparison:
         raise ConfigError(
             f"bench methods: --comparison {source}: expected 'variants:' with label, preset and optional overrides"
         ) from None
+    for e in entries:  # an unquoted comma in a flow mapping ({label: a, b, ...}) splits the label into a key
+        extra = sorted(set(e) - {"label", "preset", "overrides"}, key=str)
+        if extra:
+            raise ConfigError(f"bench methods: --comparison {source}: variant {e['label']!r}: unknown key "
+                              f"{extra[0]!r} (label, preset, overrides; quote a label that holds a comma)")
     unknown = sorted(set(doc) - {"metrics", "deltas", "plot", "variants"})
     if unknown:
         raise ConfigError(f"bench methods: --comparison {source}: unknown key {unknown[0]!r} "
