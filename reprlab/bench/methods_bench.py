@@ -67,9 +67,12 @@ REPORTED = tuple(m.key for m in RETRIEVAL)  # the default metrics' keys
 
 @dataclass(frozen=True)
 class Variant:
+    """``initial``: report the run's epoch-0 metrics (the untrained network) as its test metrics."""
+
     label: str
     preset: str
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    initial: bool = False
 
     @property
     def slug(self) -> str:
@@ -144,16 +147,17 @@ def load_comparison(source: str) -> Comparison:
     try:
         doc = yaml.safe_load(text) or {}
         entries = doc["variants"]
-        variants = tuple(Variant(e["label"], e["preset"], tuple(e.get("overrides", ()))) for e in entries)
+        variants = tuple(Variant(e["label"], e["preset"], tuple(e.get("overrides", ())), bool(e.get("initial", False)))
+                         for e in entries)
     except (KeyError, TypeError, yaml.YAMLError):
         raise ConfigError(
             f"bench methods: --comparison {source}: expected 'variants:' with label, preset and optional overrides"
         ) from None
     for e in entries:  # an unquoted comma in a flow mapping ({label: a, b, ...}) splits the label into a key
-        extra = sorted(set(e) - {"label", "preset", "overrides"}, key=str)
+        extra = sorted(set(e) - {"label", "preset", "overrides", "initial"}, key=str)
         if extra:
             raise ConfigError(f"bench methods: --comparison {source}: variant {e['label']!r}: unknown key "
-                              f"{extra[0]!r} (label, preset, overrides; quote a label that holds a comma)")
+                              f"{extra[0]!r} (label, preset, overrides, initial; quote a label that holds a comma)")
     unknown = sorted(set(doc) - {"metrics", "deltas", "plot", "variants"})
     if unknown:
         raise ConfigError(f"bench methods: --comparison {source}: unknown key {unknown[0]!r} "
@@ -274,9 +278,10 @@ def run_comparison(
             wall = json.loads(record.read_text()).get("wall_s") if record.is_file() else None
         rows.append({
             "variant": variant.label, "preset": variant.preset, "overrides": " ".join(variant.overrides),
-            "seed": seed, "selected_epoch": summary["selected_epoch"], "selection": summary.get("selection", ""),
+            "seed": seed, "selected_epoch": 0 if variant.initial else summary["selected_epoch"], "selection": summary.get("selection", ""),
             "wall_s": wall,
-            **{f"{part}/{m.key}": _value(summary, part, m.key, run_dir) for m in metrics for part in ("test", "initial")},
+            **{f"{part}/{m.key}": _value(summary, "initial" if variant.initial else part, m.key, run_dir)
+               for m in metrics for part in ("test", "initial")},
         })
     return rows
 

@@ -19,6 +19,7 @@ from reprlab.platform.core.errors import ConfigError
 from reprlab.platform.core.registry import DATASETS, METHODS
 
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "p@1", "map@r")
+PROBE_KEYS = ("knn_acc", "probe_acc")  # with eval.probes
 
 
 class Section(BaseModel):
@@ -116,6 +117,9 @@ class EvalSection(Section):
     every: int = Field(1, ge=1, description="evaluate val/test at epoch 0, every N epochs and the last epoch")
     test: Literal["every", "on_improvement"] = Field(
         "every", description="on_improvement: evaluate test only when the val selection metric improves")
+    probes: bool = Field(
+        False, description="embedding methods: also knn_acc (majority class of the 5 nearest other images) and "
+                           "probe_acc (a linear classifier fitted on one half of the split, scored on the other)")
 
 
 class ScalingSection(Section):

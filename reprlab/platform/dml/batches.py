@@ -71,4 +71,29 @@ def evaluate_embeddings(
         )
         if class_geometry:
             metrics.update(class_distances(q, es.query.labels))
+        if ctx.cfg.eval.probes:
+            metrics.update(probe_metrics(q, es.query.labels))
     return ctx.broadcast(metrics)
+
+
+def probe_metrics(emb: np.ndarray, labels: np.ndarray, k: int = 5) -> dict[str, float]:
+    """``knn_acc``: how often the majority class of an image's ``k`` nearest other images (ties: the
+    nearest of the tied classes) is its own; ``probe_acc``: accuracy of a linear classifier
+    (:func:`probe_accuracy`) fitted on one fixed half of the split (every other image of each class,
+    in index order) and scored on the other half. Both read the query set only."""
+    from reprlab.platform.eval.interpretation import probe_accuracy
+    from reprlab.platform.eval.retrieval import knn_search
+
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    near = labels[knn_search(emb, emb, k, exclude_self=True)]  # N x k, nearest first
+    votes = (near[:, :, None] == near[:, None, :]).sum(axis=2)  # how often each neighbour's class occurs
+    best = votes.max(axis=1, keepdims=True)
+    first = np.argmax(votes == best, axis=1)  # the nearest neighbour among the most frequent classes
+    knn_acc = float((near[np.arange(len(near)), first] == labels).mean())
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - np.searchsorted(labels[order], labels[order])
+    fit = rank % 2 == 0
+    probe = probe_accuracy(emb[fit], labels[fit], emb[~fit], labels[~fit]) if (~fit).any() else float("nan")
+    return {"knn_acc": knn_acc, "probe_acc": probe}

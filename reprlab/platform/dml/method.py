@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from reprlab.platform.core.config import ExperimentConfig, MethodConfig, OptimSection
+from reprlab.platform.core.config import METRIC_KEYS, PROBE_KEYS, ExperimentConfig, MethodConfig, OptimSection
 from reprlab.platform.dml import AdversarialDecorrelation, MarginLoss, distance_weighted_triplets
 from reprlab.platform.contract.frozen import FrozenModel, load_weights
 from reprlab.platform.contract.method import Method, unwrap
@@ -90,6 +90,10 @@ class EmbeddingMethod(Method):
     @classmethod
     def requirements(cls, cfg: ExperimentConfig) -> frozenset[str]:
         return frozenset({"labels"})
+
+    @classmethod
+    def metric_names(cls, cfg: ExperimentConfig) -> tuple[str, ...]:
+        return METRIC_KEYS + (PROBE_KEYS if cfg.eval.probes else ())
 
     # ---- networks and criteria ------------------------------------------------------------
     @classmethod

@@ -155,3 +155,22 @@ def curves_png(x_labels: list[str], curves: dict[str, list[float]], ylabel: str,
     if title:
         ax.set_title(title, fontsize=9)
     return _png(fig)
+
+
+def xy_png(series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str, title: str = "") -> bytes:
+    """One line per name over numeric x values (e.g. neighbour precision by k, per round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, (x, y) in series.items():
+        ax.plot(np.asarray(x), np.asarray(y, dtype=float), marker="." if len(x) > 12 else "o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _png(fig)
