@@ -270,3 +270,30 @@ def test_augment_sample_refuses_unnamed_entries():
         augment_sample(batch, theta, 8, {"image": "image"})
     with pytest.raises(ValueError, match="unknown kinds"):
         augment_sample(batch, theta, 8, {"image": "image", "depth": "dense"})
+
+
+def test_class_balanced_batches_are_augmented_the_same_on_any_number_of_workers():
+    """Rank r of W holds columns [r x w, (r + 1) x w) of every global batch; each image's affine is
+    drawn from its slot in the global batch, so the two ranks' shares, stacked, are the one
+    process's batch to the bit.
+    Mutation: seeding by rank again, or drawing per share (slots ignored), fails both."""
+    import numpy as np
+
+    from reprlab.platform.contract.context import Context
+    from reprlab.platform.core.config import load_config
+    from reprlab.platform.data import DataBundle
+    from reprlab.platform.data.types import ImageSet
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(24, 12, 12, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(6), 4)
+    cfg = load_config(None, ["data.image_size=12", "data.augment=true", "data.classes_per_batch=4",
+                             "data.samples_per_class=2", "scaling.num_workers=0"])
+    bundle = DataBundle("x", ImageSet(labels=labels, pixels=pixels), labels, np.arange(6), {})
+    batches = rng.permutation(24)[:16].reshape(2, 8)  # two global batches of 8
+    one = [x for x, _ in Context(cfg, bundle, torch.device("cpu")).train_batches(batches, epoch=3)]
+    shares = [[x for x, _ in Context(cfg, bundle, torch.device("cpu"), rank=r, world_size=2).train_batches(
+        batches[:, r * 4 : (r + 1) * 4], epoch=3)] for r in range(2)]
+    for i in range(2):
+        assert torch.equal(torch.cat([shares[0][i], shares[1][i]]), one[i])
+    assert not torch.equal(one[0][:4], shares[1][0]), "different slots, different draws"

@@ -293,7 +293,11 @@ class Relations(EmbeddingMethod):
             index = np.concatenate([first, second], axis=1)
         labels = np.concatenate([self.first_labels(first), self.component[second]], axis=1) if second is not None \
             else self.first_labels(first)
-        for (x, y), s in zip(ctx.train_batches(index, epoch, labels), subsets.tolist()):
+        width = first.shape[1]  # this rank's shares: its columns of the local and of the global batch
+        slots = ctx.rank * width + np.arange(width)
+        if second is not None:
+            slots = np.concatenate([slots, width * ctx.world_size + ctx.rank * second.shape[1] + np.arange(second.shape[1])])
+        for (x, y), s in zip(ctx.train_batches(index, epoch, labels, slots=slots), subsets.tolist()):
             yield x, y, s, first.shape[1]
 
     def first_labels(self, index: np.ndarray) -> np.ndarray:

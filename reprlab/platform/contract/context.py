@@ -211,7 +211,8 @@ class Context:
         """(images, labels) of plain shuffled global batches of ``data.batch_size`` (this rank's
         share of each), for methods that need no class balance; labels are None for unlabeled
         data."""
-        return self.train_batches(self.plain_batches(epoch), epoch)
+        share = self.share()
+        return self.train_batches(self.plain_batches(epoch), epoch, slots=np.arange(share.start, share.stop))
 
     def sample_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """Whole samples of plain shuffled global batches (this rank's share), as dicts: ``image``,
@@ -241,23 +242,31 @@ class Context:
                                                uint8=self.device.type == "cuda")
         return self._datasets[key]
 
-    def _loader(self, ds, batches):
+    def _loader(self, ds, batches, slots=None):
         d = self.cfg.data
         pin = d.pin_memory if d.pin_memory is not None else self.device.type == "cuda"
-        return make_loader(ds, batches, d.loader_workers, pin and torch.cuda.is_available(), d.prefetch_factor)
+        return make_loader(ds, batches, d.loader_workers, pin and torch.cuda.is_available(), d.prefetch_factor, slots)
 
     def train_batches(
-        self, index_batches: np.ndarray, epoch: int, labels: np.ndarray | None = None, *, stream: int = 0
+        self, index_batches: np.ndarray, epoch: int, labels: np.ndarray | None = None, *, stream: int = 0,
+        slots: np.ndarray | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) on the device for each row of ``index_batches`` into the train set.
 
         Labels are the class targets, or ``labels`` given per batch slot (same shape as
         ``index_batches``: e.g. cluster labels, possibly noisy). ``stream`` separates the
-        augmentation randomness of several loaders in one epoch.
+        augmentation randomness of several loaders in one epoch. ``slots``: where this rank's
+        columns sit in the global batch (default: rank x width onwards, the equal contiguous
+        shares of class-balanced batches); an image's augmentation is drawn from (seed, epoch,
+        stream, batch, slot), so it does not depend on the number of workers.
         """
         ds = self._dataset(self.data.train, self.cfg.data.augment)
-        ds.reseed(self.seed(epoch, self.rank, 0xA06, stream))  # augmentation: (seed, epoch, rank, stream, batch)
-        loader = self._loader(ds, index_batches)
+        ds.reseed(self.seed(epoch, 0, 0xA06, stream))  # augmentation: (seed, epoch, stream, batch, slot)
+        index_batches = np.asarray(index_batches)
+        if slots is None:
+            width = index_batches.shape[1] if index_batches.ndim == 2 else 0
+            slots = self.rank * width + np.arange(width)
+        loader = self._loader(ds, index_batches, slots)
         targets = torch.from_numpy(self.data.targets) if self.data.train.labels is not None else None
         for i, (x, idx) in enumerate(loader):
             if labels is not None:

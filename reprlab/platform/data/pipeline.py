@@ -23,10 +23,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, degrees=8.0, scale=(0.9, 1.1), shift=0.08):
-    """Per-image random rotation/scale/translation of a batch (B, C, H, W) in one grid_sample."""
+def random_affine(x: torch.Tensor, gen: torch.Generator, degrees=8.0, scale=(0.9, 1.1), shift=0.08,
+                  slots: np.ndarray | None = None):
+    """Per-image random rotation/scale/translation of a batch (B, C, H, W) in one grid_sample.
+    ``slots``: each image's position in the global batch it belongs to; image i takes row
+    ``slots[i]`` of the draws for the whole global batch, so a worker holding a share of the batch
+    augments its images exactly as one process holding all of it (default: 0..B-1)."""
     b = x.shape[0]
-    u = torch.rand(b, 4, generator=gen)
+    if slots is None:
+        u = torch.rand(b, 4, generator=gen)
+    else:
+        u = torch.rand(int(slots.max()) + 1, 4, generator=gen)[torch.as_tensor(slots)]
     angle = (u[:, 0] * 2 - 1) * math.radians(degrees)
     s = scale[0] + u[:, 1] * (scale[1] - scale[0])
     t = (u[:, 2:] * 2 - 1) * shift * 2
@@ -77,11 +84,11 @@ class ArrayImages(Dataset):
         return len(self.pixels)
 
     def __getitems__(self, items) -> tuple[torch.Tensor, torch.Tensor]:
-        number, index = unpack_items(items)
+        number, index, slots = unpack_items(items)
         idx = torch.as_tensor(index)
         x = to_unit(self.pixels[idx], self.size)
         if self.augment:
-            x = random_affine(x, self.gen.manual_seed(batch_seed(self.seed, number)))
+            x = random_affine(x, self.gen.manual_seed(batch_seed(self.seed, number)), slots=slots)
         return (x - self.mean) / self.std, idx
 
     def __getitem__(self, i: int):
@@ -159,16 +166,21 @@ class EncodedImages(Dataset):
         return len(self.images)
 
     def __getitems__(self, items) -> tuple[torch.Tensor, torch.Tensor]:
-        number, idx = unpack_items(items)
+        number, idx, slots = unpack_items(items)
         data = self.images.encoded(idx)
         # torchvision's random transforms draw from torch's global generator: fork it and seed it
-        # from (seed, batch number), so a batch's crops and flips are the same in any DataLoader
-        # worker, in any process, and after a resume
+        # per image from (seed, batch number, slot in the global batch), so an image's crop and
+        # flip are the same in any DataLoader worker, in any process, on any number of training
+        # workers, and after a resume
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(batch_seed(self.seed, number))
+            out = []
+            for i, b, slot in zip(idx, data, slots.tolist()):
+                if self.augment:
+                    torch.manual_seed(batch_seed(self.seed, number, slot))
+                out.append(self.transform(decode_tensor(b, self.images.where(i))))
             # default_collate stacks straight into shared memory inside a worker process (no copy
             # when the batch is handed to the main process)
-            x = default_collate([self.transform(decode_tensor(b, self.images.where(i))) for i, b in zip(idx, data)])
+            x = default_collate(out)
         return x, torch.from_numpy(idx)
 
     def __getitem__(self, i: int):
@@ -180,18 +192,21 @@ def _passthrough(batch):
     return batch
 
 
-def batch_seed(seed: int, number: int) -> int:
-    """The augmentation seed of batch ``number`` of a loader seeded with ``seed``."""
-    return int(np.random.SeedSequence([seed, number, 0xBA7]).generate_state(1)[0])
+def batch_seed(seed: int, number: int, *slot: int) -> int:
+    """The augmentation seed of batch ``number`` of a loader seeded with ``seed`` (and of one
+    ``slot`` of it)."""
+    return int(np.random.SeedSequence([seed, number, 0xBA7, *slot]).generate_state(1)[0])
 
 
-def unpack_items(items) -> tuple[int, np.ndarray]:
-    """A loader's batch as the datasets receive it, ``[(number, index), ...]`` (see
-    :func:`make_loader`), or plain indices (number 0) -> (batch number, int64 indices)."""
+def unpack_items(items) -> tuple[int, np.ndarray, np.ndarray]:
+    """A loader's batch as the datasets receive it, ``[(number, index, slot), ...]`` (see
+    :func:`make_loader`), or plain indices (number 0, slots 0..B-1) -> (batch number, int64
+    indices, int64 slots in the global batch)."""
     items = list(items)
     if items and isinstance(items[0], tuple):
-        return int(items[0][0]), np.asarray([i for _, i in items], dtype=np.int64)
-    return 0, np.asarray(items, dtype=np.int64)
+        return (int(items[0][0]), np.asarray([it[1] for it in items], dtype=np.int64),
+                np.asarray([it[2] for it in items], dtype=np.int64))
+    return 0, np.asarray(items, dtype=np.int64), np.arange(len(items), dtype=np.int64)
 
 
 def make_dataset(images: ImageSet, size: int, augment: bool, seed: int = 0, *, uint8: bool = False) -> Dataset:
@@ -202,13 +217,17 @@ def make_dataset(images: ImageSet, size: int, augment: bool, seed: int = 0, *, u
 
 
 def make_loader(dataset: Dataset, batches, workers: int = 0, pin_memory: bool = False,
-                prefetch_factor: int = 2) -> DataLoader:
+                prefetch_factor: int = 2, slots=None) -> DataLoader:
     """A DataLoader over precomputed index batches (a sequence of index arrays). Datasets fetch
     whole batches (``__getitems__``), so a batch crosses from a worker process in one piece; each
-    index travels with its batch's number, from which the dataset seeds the batch's augmentation."""
+    index travels with its batch's number and its slot in the global batch (``slots``: one array
+    per batch, or one for all; default 0..B-1), from which the dataset seeds its augmentation."""
+    if slots is None or np.ndim(slots) == 1:
+        slots = [np.arange(len(b)) if slots is None else slots for b in batches]
     return DataLoader(
         dataset,
-        batch_sampler=[[(k, i) for i in np.asarray(b).tolist()] for k, b in enumerate(batches)],
+        batch_sampler=[[(k, i, int(t)) for i, t in zip(np.asarray(b).tolist(), np.asarray(sl).tolist(), strict=True)]
+                       for k, (b, sl) in enumerate(zip(batches, slots))],
         num_workers=workers,
         collate_fn=_passthrough,
         pin_memory=pin_memory,

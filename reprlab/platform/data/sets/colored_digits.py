@@ -55,7 +55,7 @@ def render(gray: np.ndarray, colors: np.ndarray, size: int) -> np.ndarray:
     return (x * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _split(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Stratified: the same fraction of every digit goes to the test split."""
     order = np.lexsort((rng.random(len(labels)), labels))  # by digit, shuffled within each digit
     rank = np.empty(len(labels), np.int64)
@@ -69,7 +69,7 @@ def _split(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -
 def load_colored_digits(size: int = 32, seed: int = 0, test_fraction: float = 0.2, low: float = 0.2) -> Benchmark:
     gray, digits = source_digits()
     rng = np.random.default_rng(seed)
-    train_idx, test_idx = _split(digits, test_fraction, rng)
+    train_idx, test_idx = stratified_split(digits, test_fraction, rng)
     colors = random_colors(len(digits), rng, low)
     pixels = render(gray, colors, size)
 
