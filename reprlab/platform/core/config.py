@@ -77,7 +77,7 @@ class DataSection(Section):
 
 
 class ModelSection(Section):
-    backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
+    backbone: Literal["small_cnn", "resnet18", "resnet50", "alexnet"] = "small_cnn"
     pretrained: str = Field("none", description="none | imagenet | path to a weights file")
     embed_dim: int = Field(128, ge=2)
     freeze_bn: bool | None = Field(None, description="default: True for ResNets, False for small_cnn")

@@ -81,6 +81,28 @@ class ResNetTrunk(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
+class AlexNetTrunk(nn.Module):
+    """torchvision's AlexNet up to fc7 (4096-d, after its ReLU; fc8, the classifier, is dropped),
+    randomly initialized: the trunk of the 2016-2019 unsupervised-learning papers. Inputs of any
+    size from 63 px (its adaptive pooling gives 6 x 6 before the fully connected layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.alexnet(weights=None)
+        self.features, self.avgpool = net.features, net.avgpool
+        self.fc = nn.Sequential(*list(net.classifier.children())[:-1])
+        self.out_dim = net.classifier[-1].in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+    def early_features(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1's output (after its ReLU and pooling), average-pooled."""
+        return F.adaptive_avg_pool2d(self.features[:3](x), 1).flatten(1)
+
+
 def _check_fits(net: nn.Module, state: dict, what: str) -> None:
     """CheckpointError summarising missing, unexpected and mis-shaped keys (first of each)."""
     own = net.state_dict()
@@ -124,6 +146,11 @@ def build_backbone(cfg: ModelSection) -> nn.Module:
         if cfg.pretrained != "none":
             raise ConfigError("config: model.pretrained: small_cnn has no pretrained weights; use none")
         trunk: nn.Module = SmallCNN(cfg.width)
+    elif cfg.backbone == "alexnet":
+        if cfg.pretrained != "none":
+            raise ConfigError("config: model.pretrained: alexnet is offered without pretrained weights "
+                              "(unsupervised training from scratch); use none")
+        trunk = AlexNetTrunk()
     else:
         trunk = ResNetTrunk(cfg.backbone, cfg.pretrained)
     freeze = cfg.freeze_bn if cfg.freeze_bn is not None else cfg.backbone != "small_cnn"
