@@ -184,6 +184,17 @@ def test_imagenet_bad_layouts_are_one_line_each(tmp_path):
     _one_line_error(base, str(only.parent))
     _jpeg(only)
     read_imagenet(base)  # whole again
+    # the validation images as the archive ships them: all in val/, not sorted by class
+    aside = tmp_path / "val_sorted"
+    shutil.move(base / "val", aside)
+    for p in aside.rglob("*.JPEG"):
+        _jpeg(base / "val" / p.name)
+    _one_line_error(base, str(base / "val"), "no class directories", f"holds {sum(VAL.values())} images directly")
+    shutil.rmtree(base / "val")
+    shutil.move(aside, base / "val")
+    # hidden folders (editor and notebook leftovers) are not classes
+    (base / "train" / ".ipynb_checkpoints").mkdir()
+    assert ".ipynb_checkpoints" not in set(read_imagenet(base).train.meta["wnid"])
     # no train (or val) directory
     shutil.move(base / "val", tmp_path / "val_aside")
     _one_line_error(base, str(base / "val"))
@@ -219,6 +230,9 @@ def test_alexnet_trunk_gives_4096_d_fc7_features():
         assert torch.equal(out, net(small)), "eval mode: no dropout"
         early = net.early_features(small)
         assert early.ndim == 2 and early.shape[0] == 2
+        with pytest.raises(ConfigError, match="alexnet needs inputs of at least 63 px"):
+            net(torch.randn(1, 3, 32, 32))
+        assert net(torch.randn(1, 3, 63, 63)).shape == (1, 4096)
     net.train()
     net(torch.randn(2, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None for p in net.parameters())

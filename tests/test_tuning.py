@@ -179,7 +179,9 @@ def _terminated_trials(exp_dir: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny, tmp_path):
-    spec = _tiny_sweep(tiny + ["train.epochs=3"], trials=3, scheduler={"name": "none"},
+    # two trained epochs per trial are enough: a trial resumed from its checkpoint must still show
+    # Tune every epoch, and three trials one at a time leave two to run when the driver is killed
+    spec = _tiny_sweep(tiny + ["train.epochs=2"], trials=3, scheduler={"name": "none"},
                        resources={"workers": 0, "max_concurrent": 1})
     path = _write(tmp_path / "s.yaml", spec)
     out = tmp_path / "sweep"
@@ -202,8 +204,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny, tmp_path):
         assert len(attempts) == 1, f"finished trial {trial} ran again"
     for trial in trials:
         epochs = pq.read_table(out / "trials" / trial / "metrics.parquet").column("epoch").to_pylist()
-        assert epochs == [0, 1, 2, 3]
-        assert sorted(int(r["epoch"]) for r in rows if r["trial"] == trial) == [0, 1, 2, 3], "Tune saw every epoch"
+        assert epochs == [0, 1, 2]
+        assert sorted(int(r["epoch"]) for r in rows if r["trial"] == trial) == [0, 1, 2], "Tune saw every epoch"
 
 
 def test_missing_data_fails_with_one_line_before_any_trial(tmp_path, capsys):

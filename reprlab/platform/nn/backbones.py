@@ -86,6 +86,8 @@ class AlexNetTrunk(nn.Module):
     randomly initialized: the trunk of the 2016-2019 unsupervised-learning papers. Inputs of any
     size from 63 px (its adaptive pooling gives 6 x 6 before the fully connected layers)."""
 
+    MIN_SIDE = 63  # smaller inputs pool to nothing before conv5's pooling
+
     def __init__(self) -> None:
         super().__init__()
         import torchvision
@@ -96,6 +98,9 @@ class AlexNetTrunk(nn.Module):
         self.out_dim = net.classifier[-1].in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.MIN_SIDE:
+            raise ConfigError(f"config: data.image_size: alexnet needs inputs of at least {self.MIN_SIDE} px, "
+                              f"got {tuple(x.shape[-2:])}")
         return self.fc(self.avgpool(self.features(x)).flatten(1))
 
     def early_features(self, x: torch.Tensor) -> torch.Tensor:
