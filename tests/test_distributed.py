@@ -292,7 +292,7 @@ def _kill_after_first_checkpoint(cmd: list[str], ckpt_glob: str, out: Path) -> N
 def test_file_backed_run_with_augmentation_killed_and_resumed_equals_an_uninterrupted_one(
         cub_files, tmp_path, workers, ckpt_glob):
     """Decoded files, RandomResizedCrop + flip (torchvision's transforms draw from torch's global
-    generator: seeded per batch from (seed, epoch, rank, batch)). Catches augmentation drawn from
+    generator: seeded per image from (seed, epoch, batch, slot)). Catches augmentation drawn from
     an unseeded or process-wide stream (the resumed process would crop differently)."""
     env = _env()
     straight, killed = tmp_path / "straight", tmp_path / "killed"
