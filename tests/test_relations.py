@@ -156,67 +156,6 @@ def test_probe_metrics_read_class_structure():
     assert bad["knn_acc"] < 0.5 and bad["probe_acc"] < 0.6
 
 
-# ---- data: digits, the ImageNet layout, the AlexNet trunk -----------------------------------------------
-
-
-def test_digits_are_stratified_deterministic_and_jittered():
-    from reprlab.platform.data.sets.colored_digits import source_digits
-    from reprlab.platform.data.sets.digits import load_digits_set
-
-    a, b, c = load_digits_set(seed=0), load_digits_set(seed=0), load_digits_set(seed=1)
-    assert np.array_equal(a.train.pixels, b.train.pixels) and not np.array_equal(a.train.pixels, c.train.pixels)
-    assert a.train.pixels.shape[1:] == (32, 32, 1) and a.train.pixels.dtype == np.uint8
-    assert len(a.train) + len(a.test) == 1797
-    per_digit = np.bincount(a.test.labels, minlength=10) / np.bincount(source_digits()[1], minlength=10)
-    assert np.allclose(per_digit, 0.2, atol=0.02)  # the same share of every digit
-    plain = load_digits_set(seed=0, rotation=0.0, scale=0.0, shift=0.0)
-    moved = np.abs(plain.train.pixels.astype(int) - a.train.pixels.astype(int)).mean(axis=(1, 2, 3))
-    assert (moved > 1).mean() > 0.9, "almost every image is moved by its own affine"
-
-
-def _jpeg(path):
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
-
-
-def test_the_imagenet_reader_reads_the_folder_layout(tmp_path, cli_error):
-    from reprlab.platform.core.errors import DataError
-    from reprlab.platform.data.sets.imagenet import read_imagenet
-
-    root = tmp_path / "ILSVRC2012"
-    for rel_path in ("train/n02/c.JPEG", "train/n01/a.JPEG", "train/n01/b.JPEG", "val/n02/y.JPEG", "val/n01/x.JPEG"):
-        _jpeg(root / rel_path)
-    (root / "train" / "n01" / "notes.txt").write_text("not an image")
-    bench = read_imagenet(tmp_path)  # the parent of ILSVRC2012/
-    assert [p.rsplit("/", 1)[1] for p in bench.train.paths] == ["a.JPEG", "b.JPEG", "c.JPEG"]
-    assert bench.train.labels.tolist() == [0, 0, 1] and bench.test.labels.tolist() == [0, 1]
-    assert bench.test.meta["wnid"].tolist() == ["n01", "n02"]
-    _jpeg(root / "val" / "n99" / "z.JPEG")
-    with pytest.raises(DataError, match="class n99 is not among the 2 train classes"):
-        read_imagenet(root)
-    shutil.rmtree(root / "val" / "n99")
-    (root / "train" / "n03").mkdir()
-    with pytest.raises(DataError, match="n03: no images"):
-        read_imagenet(root)
-    shutil.rmtree(root / "train")
-    err = cli_error(["train", "relations/paper", "--set", f"data.root={root}", "--output", str(tmp_path / "run")])
-    assert "train: directory not found" in err
-
-
-def test_the_alexnet_trunk_gives_fc7_features():
-    from reprlab.platform.core.config import load_config
-    from reprlab.platform.core.errors import ConfigError
-    from reprlab.platform.nn.backbones import build_backbone
-
-    net = build_backbone(load_config("relations/paper").model).eval()
-    with torch.no_grad():
-        assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 4096) and net.out_dim == 4096
-    with pytest.raises(ConfigError, match="alexnet is offered without pretrained weights"):
-        build_backbone(load_config("relations/paper", ["model.pretrained=imagenet"]).model)
-
-
 # ---- the method ------------------------------------------------------------------------------------------
 
 TINY = ["data.name=digits", "data.digits.size=16", "data.image_size=16", "data.classes_per_batch=8",

@@ -4,7 +4,6 @@ reader, and the AlexNet trunk."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -87,13 +86,6 @@ def test_digits_affine_moves_every_image_and_keeps_the_ink():
     for one in ({"max_rotation": 15.0}, {"max_scale": 0.1}, {"max_shift": 0.1}):
         only = _digits(**{"max_rotation": 0.0, "max_scale": 0.0, "max_shift": 0.0, **one})
         assert not np.array_equal(only.train.pixels, plain.train.pixels), one
-
-
-def test_digits_build_fast():
-    load_digits_set(seed=0)  # scikit-learn's file is read once per process
-    start = time.perf_counter()
-    load_digits_set(seed=7, size=32)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_digits_settings_are_checked():
