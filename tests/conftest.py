@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's controller takes each report (and notices a run's end) on its health-check poll, 2 s by
+# default; a shorter poll shortens every in-session Ray test (timing only)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 TINY = [
     "data.image_size=16",

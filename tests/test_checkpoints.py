@@ -44,10 +44,7 @@ def test_no_readable_checkpoint_is_one_line(tiny, tmp_path, capsys):
     assert pq.read_table(out / "metrics.parquet").column("epoch").to_pylist() == [0, 1, 2], "nothing lost"
 
 
-def test_corrupt_ray_checkpoint_falls_back(ray_session, tiny, tmp_path, capfd, monkeypatch):
-    # Ray Train's controller takes each report (and notices the end) on its health-check poll, 2 s
-    # by default; Ray Train propagates this variable from the driver to the controller
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+def test_corrupt_ray_checkpoint_falls_back(ray_session, tiny, tmp_path, capfd):
     out = tmp_path / "run"
     common = tiny + ["scaling.num_workers=2"]
     # one trained epoch: Ray registers epoch_0001 as its latest checkpoint, epoch_0000 beside it

@@ -210,7 +210,7 @@ def _weights(run: Path, epoch: int) -> dict[str, torch.Tensor]:
                                      # same clusters in both runs is what counts, not their quality
                                      ["method.name=divide_conquer", "method.num_clusters=2", "method.kmeans_niter=10",
                                       "method.kmeans_nredo=1"]])
-def test_two_ray_workers_end_with_the_weights_of_one_process(ray_session, tiny, tmp_path, method, monkeypatch):
+def test_two_ray_workers_end_with_the_weights_of_one_process(ray_session, tiny, tmp_path, method):
     """Trainable BatchNorm (SmallCNN's, global over both workers) and plain SGD: unlike Adam, SGD's
     step scales with the gradient, so a gradient off by a constant factor (a missing all-reduce in
     the gather's backward, a wrong DDP average) or BatchNorm statistics of one worker's share move
@@ -218,9 +218,6 @@ def test_two_ray_workers_end_with_the_weights_of_one_process(ray_session, tiny, 
     unused-parameter path: equal weights mean the other slices stayed put there too."""
     from reprlab.platform.run.driver import run_training
 
-    # Ray Train's controller takes each report (and notices the end) on its health-check poll, 2 s
-    # by default; Ray Train propagates this variable from the driver to the controller
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     sets = tiny + method + ["model.freeze_bn=false", "data.augment=false", "optim.name=sgd", "optim.momentum=0",
                             "optim.weight_decay=0", "optim.lr=0.05", "method.learn_beta=false", "checkpoint.keep=3",
                             # three steps: distance-weighted mining draws negatives at random from the

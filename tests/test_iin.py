@@ -251,10 +251,8 @@ def test_iin_on_an_autoencoder_resumes_exactly(first_stages, tmp_path):
 
 
 @pytest.mark.slow
-def test_iin_on_two_ray_workers_matches_in_process(ray_session, first_stages, tmp_path, monkeypatch):
+def test_iin_on_two_ray_workers_matches_in_process(ray_session, first_stages, tmp_path):
     from reprlab.platform.run.driver import run_training
-
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # see the paper-batch test
 
     sets = TINY + IIN_TINY + [f"method.first_stage={first_stages['classifier']}", "train.epochs=1"]
     run_training(load_config(None, sets), tmp_path / "local")
@@ -502,15 +500,11 @@ def test_iin_interprets_a_dml_embedding_with_glyph_and_sketched_concepts(tiny, g
 
 
 @pytest.mark.slow
-def test_iin_paper_batch_of_25_on_1_5_and_2_workers(ray_session, first_stages, tmp_path, monkeypatch):
+def test_iin_paper_batch_of_25_on_1_5_and_2_workers(ray_session, first_stages, tmp_path):
     """The paper's batch of 25 (iin/paper) on one process, on 5 Ray workers (5 each) and on 2
     (13 and 12: shares need not be equal): every rank computes the global batch's loss from
     gathered codes, so the losses agree."""
     from reprlab.platform.run.driver import run_training
-
-    # Ray Train's controller takes each report (and notices the end) on its health-check poll, 2 s
-    # by default; Ray Train propagates this variable from the driver to the controller
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
     sets = [*IIN_TINY[1:], f"method.first_stage={first_stages['autoencoder']}",
             f"method.feature_model={first_stages['classifier']}", "data.image_size=16",
