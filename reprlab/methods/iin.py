@@ -227,7 +227,7 @@ class IIN(Method):
             return self.encode(torch.cat([x1, x2]))
         d = self.ctx.cfg.data
         index = shuffled_batches(len(self.ctx.data.train), d.global_batch, 1, epoch=1, seed=self.ctx.cfg.experiment.seed)
-        x, _ = next(iter(self.ctx.train_batches(index, 1)))
+        x, _ = next(iter(self.ctx.train_batches(index, 1, slots=np.arange(index.shape[1]))))  # every rank: the whole batch
         return self.encode(x)
 
     # ---- data and steps ---------------------------------------------------------------------------
