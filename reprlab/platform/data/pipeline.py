@@ -9,7 +9,6 @@ which prefetch ``data.prefetch_factor`` batches each into (optionally pinned) me
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 
@@ -113,20 +112,12 @@ def tensor_transform(size: int, train: bool, *, normalize: bool = True):
 # torchvision's decoders (libjpeg-turbo, libpng straight into a tensor) are deprecated since
 # torchvision 0.29 in favour of TorchCodec, and still in the 0.29 that pyproject.toml pins; they
 # decode CUB-sized JPEGs 1.2x faster than PIL and skip PIL's copy. Without them, PIL decodes.
-# Imported on the first decode, not with this module: torchvision.io pulls in all of torchvision
-# (1.5 s idle, 5 s on a loaded machine), which every Ray worker and CLI process would pay.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
-
-
-@functools.lru_cache(maxsize=1)
-def _torchvision_decoder():
-    """torchvision's ``(decode_image, ImageReadMode.RGB)``, or None without them."""
-    try:
-        from torchvision.io import ImageReadMode, decode_image
-    except ImportError:  # pragma: no cover - a torchvision without them
-        return None
-    return decode_image, ImageReadMode.RGB
+try:
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # pragma: no cover - a torchvision without them
+    decode_image = None
 
 
 def decode_tensor(data: bytes, where: str) -> torch.Tensor:
@@ -135,11 +126,9 @@ def decode_tensor(data: bytes, where: str) -> torch.Tensor:
     if data[:4] == RAW_MAGIC:
         px = decode_image_bytes(data, where)
         return torch.from_numpy(np.repeat(px, 3, axis=2) if px.shape[-1] == 1 else px.copy()).permute(2, 0, 1)
-    decoder = _torchvision_decoder()
-    if decoder is not None:
-        decode_image, rgb = decoder
+    if decode_image is not None:
         try:
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=rgb)
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:  # a format or variant torchvision does not decode (or corrupt): PIL decides
             pass
     return torch.from_numpy(np.array(decode_pil(data, where))).permute(2, 0, 1)
