@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench smoke clean
 
 # The install is about 8 GB (torch's CUDA build and its libraries run on CPU too): check the
 # disk first, so that a full disk is one line here and not an OSError from inside pip.
@@ -30,6 +30,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/reprlab bench loss
 	$(BIN)/reprlab bench eval
+
+# The cluster launcher's config used for real on this machine (root: a throwaway user, sshd on
+# 127.0.0.1:22); about 2.5 minutes, so not part of `make test` (docs/cluster.md, step 0).
+smoke: $(STAMP)
+	$(BIN)/reprlab cluster smoke
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -155,6 +155,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from reprlab.cluster.smoke import main as smoke
+
+    return smoke(args.full, args.keep, args.workdir, args.break_setup, args.skip_unless_root)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from reprlab.platform.core.config import load_config
     from reprlab.platform.data import data_root, load_benchmark
@@ -364,6 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-group", type=int, default=32, help="pack: rows per row group (default: 32)")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("cluster", help="check the cluster launcher's config on this machine before paying for nodes")
+    csub = p.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("smoke", help="ray up a local-provider cluster over SSH on 127.0.0.1, run and sweep on it, "
+                                      "ray down (needs root; docs/cluster.md)")
+    c.add_argument("--full", action="store_true",
+                   help="give the head an empty venv: the setup commands install everything from the package index")
+    c.add_argument("--keep", action="store_true", help="keep the work directory (config, logs) after a passing run")
+    c.add_argument("--workdir", help="work directory (default: a new one under the temp directory)")
+    c.add_argument("--break-setup", action="store_true",
+                   help="insert a failing setup command: the run must stop at 'ray up' and name it")
+    c.add_argument("--skip-unless-root", action="store_true",
+                   help="exit 0 with one line when not root (make test on a machine without root)")
+    p.set_defaults(func=cmd_cluster)
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=cmd_methods)
 
