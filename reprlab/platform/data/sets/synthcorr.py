@@ -147,15 +147,15 @@ def _shapes() -> list[np.ndarray]:
     from PIL import ImageFont
 
     from reprlab.platform.data.sets.glyphs.fonts import matplotlib_font_dir
-    from reprlab.platform.data.sets.glyphs.render import EM_FRACTION, _draw_clean, _morph
+    from reprlab.platform.data.sets.glyphs.render import EM_FRACTION, draw_clean, morph
 
     shapes = [(~skimage.data.horse()).astype(np.float32)]
     font = ImageFont.truetype(str(matplotlib_font_dir() / FONT), size=round(EM_FRACTION * GLYPH_CANVAS),
                               layout_engine=ImageFont.Layout.BASIC)
     radius = round(GLYPH_DILATION * GLYPH_CANVAS)
     for ch in GLYPHS:
-        ink = np.asarray(_draw_clean(font, ch, GLYPH_CANVAS))
-        shapes.append(_morph(ink, radius, np.maximum).astype(np.float32) / 255)
+        ink = np.asarray(draw_clean(font, ch, GLYPH_CANVAS))
+        shapes.append(morph(ink, radius, np.maximum).astype(np.float32) / 255)
     return shapes
 
 

@@ -41,7 +41,7 @@ def _supersample(size: int) -> int:
     return max(1, math.ceil(SUPERSAMPLE_SIDE / size))
 
 
-def _draw_clean(font, ch: str, side: int):
+def draw_clean(font, ch: str, side: int):
     """The glyph on a black ``side``-px canvas: fixed em and baseline, centred on its ink."""
     from PIL import Image, ImageDraw
 
@@ -69,7 +69,7 @@ def _affine_coeffs(rng: np.random.Generator, side: int) -> tuple[float, ...]:
     return (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
 
 
-def _morph(arr: np.ndarray, radius: int, op) -> np.ndarray:
+def morph(arr: np.ndarray, radius: int, op) -> np.ndarray:
     """Square grey dilation (``op=np.maximum``) or erosion (``np.minimum``), separable, zero border."""
     out = arr
     for axis in (0, 1):
@@ -87,9 +87,9 @@ def _change_stroke(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     level = STROKE_LEVELS[rng.choice(len(STROKE_LEVELS), p=STROKE_PROBS)]
     radius = round(level * arr.shape[0] / SUPERSAMPLE_SIDE)
     if radius > 0:
-        return _morph(arr, radius, np.maximum)
+        return morph(arr, radius, np.maximum)
     if radius < 0:  # thin, unless that erases hairlines (light faces): keep half the ink
-        thinned = _morph(arr, -radius, np.minimum)
+        thinned = morph(arr, -radius, np.minimum)
         return thinned if thinned.sum(dtype=np.int64) >= MIN_INK_AFTER_THINNING * arr.sum(dtype=np.int64) else arr
     return arr
 
@@ -124,7 +124,7 @@ def _render_face(job: _FaceJob) -> list[tuple[int, str, int, bytes]]:
     font = ImageFont.truetype(job.face.path, size=round(EM_FRACTION * side), layout_engine=ImageFont.Layout.BASIC)
     rows = []
     for key, members in job.classes:
-        clean = {ch: np.asarray(_draw_clean(font, ch, side)) for ch in members}
+        clean = {ch: np.asarray(draw_clean(font, ch, side)) for ch in members}
         inked = [ch for ch in members if clean[ch].any()]
         if not inked:
             continue
