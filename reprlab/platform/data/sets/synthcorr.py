@@ -454,18 +454,12 @@ def draw_images(material: Material, n: int, generator: torch.Generator) -> Image
 
 def object_box(mask: torch.Tensor) -> torch.Tensor:
     """N x 4 (x0, y0, x1, y1) boxes of N x H x W masks, in pixels with edges at integers (the whole
-    image for an empty mask)."""
+    image for an empty mask): the metrics' :func:`~reprlab.platform.eval.correspondence.mask_box`."""
+    from reprlab.platform.eval.correspondence import mask_box
+
     n, h, w = mask.shape
-    cols, rows = mask.any(1), mask.any(2)
-    xs, ys = torch.arange(w), torch.arange(h)
-    x0 = torch.where(cols, xs, w).min(1).values
-    x1 = torch.where(cols, xs + 1, 0).max(1).values
-    y0 = torch.where(rows, ys, h).min(1).values
-    y1 = torch.where(rows, ys + 1, 0).max(1).values
-    box = torch.stack([x0, y0, x1, y1], 1).float()
-    empty = ~mask.flatten(1).any(1)
-    box[empty] = torch.tensor([0.0, 0.0, w, h])
-    return box
+    box = mask_box(mask)
+    return torch.where(box.isnan(), torch.tensor([0.0, 0.0, w, h]), box)
 
 
 # --------------------------------------------------------------------------------------------
