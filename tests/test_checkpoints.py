@@ -7,6 +7,7 @@ import pytest
 
 from reprlab.cli import main
 from reprlab.platform.core.config import load_config
+from reprlab.platform.core.errors import ConfigError
 from reprlab.platform.run.driver import run_training
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,9 @@ def test_corrupt_ray_checkpoint_falls_back(ray_session, tiny, tmp_path, capfd):
     common = tiny + ["scaling.num_workers=2"]
     # one trained epoch: Ray registers epoch_0001 as its latest checkpoint, epoch_0000 beside it
     run_training(load_config(None, common + ["train.epochs=1"]), out)
+    first = pq.read_table(out / "metrics.parquet").to_pylist()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_training(load_config(None, common), out)  # without resume
     newest = sorted((out / "ray").rglob("epoch_0001/state.pt"))
     assert newest, "Ray persisted epoch 1"
     assert sorted((out / "ray").rglob("epoch_0000/state.pt")), "and kept epoch 0"
@@ -57,4 +61,6 @@ def test_corrupt_ray_checkpoint_falls_back(ray_session, tiny, tmp_path, capfd):
     run_training(load_config(None, common + ["train.epochs=2"]), out, resume=True)
     printed = capfd.readouterr().out
     assert "falling back to epoch_0000" in printed and "resumed from the checkpoint of epoch 0" in printed
-    assert pq.read_table(out / "metrics.parquet").column("epoch").to_pylist() == [0, 1, 2]
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[0] == first[0], "the epoch before the checkpoint is not repeated"

@@ -500,10 +500,10 @@ def test_iin_interprets_a_dml_embedding_with_glyph_and_sketched_concepts(tiny, g
 
 
 @pytest.mark.slow
-def test_iin_paper_batch_of_25_on_1_5_and_2_workers(ray_session, first_stages, tmp_path):
-    """The paper's batch of 25 (iin/paper) on one process, on 5 Ray workers (5 each) and on 2
-    (13 and 12: shares need not be equal): every rank computes the global batch's loss from
-    gathered codes, so the losses agree."""
+def test_iin_paper_batch_of_25_on_1_and_3_workers(ray_session, first_stages, tmp_path):
+    """The paper's batch of 25 (iin/paper) on one process and on 3 Ray workers (9, 8 and 8: shares
+    need not be equal, and more than two ranks gather): every rank computes the global batch's
+    loss from gathered codes, so the losses agree."""
     from reprlab.platform.run.driver import run_training
 
     sets = [*IIN_TINY[1:], f"method.first_stage={first_stages['autoencoder']}",
@@ -511,11 +511,11 @@ def test_iin_paper_batch_of_25_on_1_5_and_2_workers(ray_session, first_stages, t
             "data.colored_digits.size=16", "data.iterations_per_epoch=3", "train.epochs=1", "scaling.use_gpu=false",
             "scaling.cpus_per_worker=0.4", "eval.kmeans_niter=5"]
     rows = {}
-    for workers in (0, 5, 2):
+    for workers in (0, 3):
         cfg = load_config("iin/paper", [*sets, f"scaling.num_workers={workers}"])
         assert cfg.data.global_batch == 25
         run_training(cfg, tmp_path / f"w{workers}")
         rows[workers] = _rows(tmp_path / f"w{workers}")
-    for workers in (5, 2):
+    for workers in (3,):
         assert rows[workers][1]["train/loss"] == pytest.approx(rows[0][1]["train/loss"], rel=1e-4), workers
         assert rows[workers][1]["test/nll"] == pytest.approx(rows[0][1]["test/nll"], rel=1e-4, abs=1e-5), workers

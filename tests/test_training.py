@@ -15,7 +15,6 @@ import pytest
 
 from reprlab.cli import main
 from reprlab.platform.core.config import METRIC_KEYS, load_config
-from reprlab.platform.core.errors import ConfigError
 from reprlab.platform.run.driver import run_training
 
 pytestmark = pytest.mark.slow
@@ -43,34 +42,6 @@ def test_in_process_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path):
     assert on_disk["test"]["map@r"] == chosen["test/map@r"]
     assert on_disk["config"]["scaling"]["num_workers"] == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002", "epoch_0003"]
-
-
-def test_two_ray_workers_train_the_same_global_batch_as_one_process(ray_session, tiny, tmp_path):
-    # Frozen BatchNorm: with batch statistics the two halves would normalize differently.
-    common = tiny + ["model.freeze_bn=true", "data.augment=false"]  # augmentation streams are per rank
-    local = run_training(load_config(None, common + ["scaling.num_workers=0"]), tmp_path / "local")
-    ddp = run_training(load_config(None, common + ["scaling.num_workers=2"]), tmp_path / "ddp")
-    a = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
-    b = pq.read_table(tmp_path / "ddp" / "metrics.parquet").to_pylist()
-    assert [r["epoch"] for r in b] == [0, 1, 2]
-    for ra, rb in zip(a[1:], b[1:]):
-        assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=2e-3)
-    assert ddp["test"]["recall@1"] == pytest.approx(local["test"]["recall@1"], abs=0.02)
-    ckpts = list((tmp_path / "ddp" / "ray").rglob("state.pt"))
-    assert ckpts, "Ray Train persisted the checkpoints"
-
-
-def test_resume_on_ray_continues_from_the_last_checkpoint(ray_session, tiny, tmp_path, capfd):
-    out = tmp_path / "run"
-    run_training(load_config(None, tiny + ["scaling.num_workers=2", "train.epochs=1"]), out)
-    first = pq.read_table(out / "metrics.parquet").to_pylist()
-    with pytest.raises(ConfigError, match="already holds a run"):
-        run_training(load_config(None, tiny + ["scaling.num_workers=2"]), out)
-    run_training(load_config(None, tiny + ["scaling.num_workers=2", "train.epochs=2"]), out, resume=True)
-    assert "resumed from the checkpoint of epoch 1" in capfd.readouterr().out
-    rows = pq.read_table(out / "metrics.parquet").to_pylist()
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert rows[:2] == first, "epochs before the checkpoint are not repeated"
 
 
 def _cli(*args: str) -> list[str]:

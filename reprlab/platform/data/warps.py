@@ -166,3 +166,19 @@ def sample_bank(bank: torch.Tensor, index: torch.Tensor, coords: torch.Tensor, m
         got = sample(bank[k : k + 1], grid, mode, padding)
         out[rows] = got.reshape(bank.shape[1], len(rows), h, w).transpose(0, 1)
     return out
+
+
+def mask_box(mask: torch.Tensor) -> torch.Tensor:
+    """N x H x W masks -> N x 4 boxes (x0, y0, x1, y1) in pixel edges (NaN for an empty mask)."""
+    m = mask.bool()
+    n, h, w = m.shape
+    cols, rows = m.any(1), m.any(2)
+    xs = torch.arange(w, device=m.device, dtype=torch.float32)
+    ys = torch.arange(h, device=m.device, dtype=torch.float32)
+    inf = torch.tensor(float("inf"), device=m.device)
+    x0 = torch.where(cols, xs, inf).amin(1)
+    x1 = torch.where(cols, xs, -inf).amax(1) + 1
+    y0 = torch.where(rows, ys, inf).amin(1)
+    y1 = torch.where(rows, ys, -inf).amax(1) + 1
+    box = torch.stack([x0, y0, x1, y1], 1)
+    return torch.where(m.flatten(1).any(1)[:, None], box, float("nan"))

@@ -67,6 +67,7 @@ from reprlab.platform.data.types import Benchmark, Dense, ImageSet
 from reprlab.platform.data.warps import (
     WarpSpec,
     compose,
+    mask_box,
     pixel_grid,
     random_warp,
     replace_rows,
@@ -454,9 +455,7 @@ def draw_images(material: Material, n: int, generator: torch.Generator) -> Image
 
 def object_box(mask: torch.Tensor) -> torch.Tensor:
     """N x 4 (x0, y0, x1, y1) boxes of N x H x W masks, in pixels with edges at integers (the whole
-    image for an empty mask): the metrics' :func:`~reprlab.platform.eval.correspondence.mask_box`."""
-    from reprlab.platform.eval.correspondence import mask_box
-
+    image for an empty mask): the metrics' :func:`~reprlab.platform.data.warps.mask_box`."""
     n, h, w = mask.shape
     box = mask_box(mask)
     return torch.where(box.isnan(), torch.tensor([0.0, 0.0, w, h]), box)
