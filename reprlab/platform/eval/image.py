@@ -52,8 +52,13 @@ def _window_matrix(n: int, device) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM of every image of N x C x H x W in [0, 1] (scikit-image's settings above): N values.
-    The valid correlation is the cropped map (the crop equals the window's radius)."""
+    """SSIM of every image of N x C x H x W in [0, 1] (scikit-image's settings above): N values."""
+    return ssim_map(a, b).mean((2, 3)).mean(1)
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The SSIM map (float64, N x C x (H - 2r) x (W - 2r), r = the window's radius, 5): the valid
+    correlation is scikit-image's map cropped by r on every side."""
     a, b = a.double(), b.double()
     wh, ww = _window_matrix(a.shape[-2], a.device), _window_matrix(a.shape[-1], a.device)
 
@@ -63,8 +68,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ux, uy = filt(a), filt(b)
     vx, vy, vxy = filt(a * a) - ux * ux, filt(b * b) - uy * uy, filt(a * b) - ux * uy
     c1, c2 = SSIM_K1**2, SSIM_K2**2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean((2, 3)).mean(1)
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 
 
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
