@@ -89,7 +89,7 @@ class StyleTransferConfig(MethodConfig):
     model: Literal["trained", "identity", "color_transfer", "oracle"] = "trained"
     judge: str | None = Field(None, description="a finished style_judge run directory (scores every variant)")
     judge_gates: tuple[float, float] = Field(
-        (0.95, 0.9), description="the judge's least test painting_acc and alteration_acc (spec: .95, .9)")
+        (0.95, 0.9), description="the judge's least test painting_acc and alteration_acc/<artist> (spec: .95, .9)")
     norm: Literal["lfn", "instance"] = "lfn"
     ngf: int = Field(16, ge=4, description="E's first width (E: ngf x [1, 1, 2, 4, ...])")
     downsamplings: int = Field(3, ge=1, le=5)
@@ -148,7 +148,7 @@ def _gated_judge(c: StyleTransferConfig, cfg: ExperimentConfig) -> Path:
     if judge_cfg.method.name != "style_judge":
         raise ConfigError(f"config: method.judge: {run} is a {judge_cfg.method.name} run, not a style_judge run")
     test = json.loads((run / "summary.json").read_text()).get("test", {})
-    for key, gate in zip(("painting_acc", "alteration_acc"), c.judge_gates):
+    for key, gate in zip(("painting_acc", f"alteration_acc/{c.artist}"), c.judge_gates):
         value = test.get(key)
         if value is None or not value >= gate:
             raise ConfigError(f"config: method.judge: {run}: test {key} {value} is below the gate {gate} "
