@@ -86,6 +86,8 @@ def test_the_judge_gates_refuse_a_weak_judge_with_one_line(judge, tmp_path):
         load_config(None, _style(judge, f"method.judge_gates=[0.1,{gate}]"))
     with pytest.raises(ConfigError, match="method.judge: a finished style_judge run is needed"):
         load_config(None, STYLE)
+    with pytest.raises(ConfigError, match="model.backbone: the judge is a small_cnn"):
+        load_config(None, JUDGE + ["model.backbone=resnet18"])
     other = tmp_path / "none"
     with pytest.raises(ConfigError, match="method.judge: .*no such run directory"):
         load_config(None, STYLE + [f"method.judge={other}"])
