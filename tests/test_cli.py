@@ -92,6 +92,22 @@ def test_bench_methods_shipped_comparison_names_the_glyphs_presets(tmp_path, cap
     assert "--comparison" in capsys.readouterr().err
 
 
+def test_every_shipped_comparison_loads_and_names_shipped_presets():
+    """Catches an unquoted label with a comma (YAML reads it as two keys) in any shipped file."""
+    from pathlib import Path
+
+    import reprlab
+    from reprlab.bench.methods_bench import load_comparison
+    from reprlab.platform.core.config import preset_names
+
+    names = sorted(p.stem for p in (Path(reprlab.__file__).parent / "comparisons").glob("*.yaml"))
+    assert "style_transfer_procedural" in names
+    for name in names:
+        variants = load_comparison(name).variants
+        assert variants and {v.preset for v in variants} <= set(preset_names()), name
+        assert len({v.label for v in variants}) == len(variants), name
+
+
 def test_train_asking_for_a_gpu_without_one_is_one_line_and_writes_nothing(tmp_path, capsys):
     import torch
 

@@ -47,6 +47,7 @@ x^), ``ssim_low`` (SSIM of blurred luminance, x^ against x, outside the artist's
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -171,7 +172,9 @@ def color_transfer(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torch.
 
     lab = rgb2lab(x.permute(0, 2, 3, 1).double().numpy(), channel_axis=-1)
     m, s = lab.mean((1, 2), keepdims=True), lab.std((1, 2), keepdims=True) + 1e-6
-    out = lab2rgb((lab - m) / s * std + mean, channel_axis=-1)
+    with warnings.catch_warnings():  # colours outside sRGB are clipped, as intended
+        warnings.filterwarnings("ignore", "Conversion from CIE-LAB", UserWarning)
+        out = lab2rgb((lab - m) / s * std + mean, channel_axis=-1)
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().clamp(0, 1)
 
 
