@@ -66,3 +66,11 @@ def test_an_upward_import_is_caught(tmp_path):
     (tmp_path / "data" / "y.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                              "    from reprlab.platform.contract.context import Context\n")
     assert violations(tmp_path) == ["core/x.py:1 imports reprlab.platform.run.loop (run is above core)"]
+
+
+def test_methods_do_not_import_each_other():
+    """Each method knows the platform, not another method (a shared piece moves into the platform)."""
+    methods = PLATFORM.parent / "methods"
+    bad = [f"{path.name}:{line} imports {module}" for path in sorted(methods.glob("*.py"))
+           if path.name != "__init__.py" for line, module in _imports(path) if module.startswith("reprlab.methods")]
+    assert bad == []

@@ -46,7 +46,7 @@ from reprlab.platform.contract.frozen import FrozenModel, load_weights
 from reprlab.platform.contract.method import Method, register_method, unwrap
 from reprlab.platform.core.config import ExperimentConfig, MethodConfig
 from reprlab.platform.core.errors import ConfigError
-from reprlab.platform.data.catalog import get_dataset
+from reprlab.platform.data.sets.procedural_art import art_material_of
 from reprlab.platform.dml.method import make_optimizer, make_scheduler
 from reprlab.platform.nn.backbones import SmallCNN
 
@@ -68,17 +68,6 @@ class StyleJudgeConfig(MethodConfig):
         if cfg.model.backbone != "small_cnn" or cfg.model.pretrained != "none":
             raise ConfigError(f"config: model.backbone: the judge is a small_cnn trained from scratch, "
                               f"got {cfg.model.backbone} ({cfg.model.pretrained})")
-
-
-def art_material_of(cfg: ExperimentConfig):
-    """The ``procedural_art`` material and painter of ``cfg``'s data set, or one ConfigError line."""
-    extra = get_dataset(cfg.data.name, "data.name").extra
-    if "art_material" not in extra:
-        raise ConfigError(f"config: data.name: {cfg.data.name} has no procedural artists "
-                          f"(the judge and its scores need data.name=procedural_art)")
-    from reprlab.platform.data.sets.procedural_art import ARTISTS, SCENES
-
-    return extra["art_material"](cfg.data), extra["paint"], ARTISTS, SCENES
 
 
 def to_net(x: torch.Tensor) -> torch.Tensor:

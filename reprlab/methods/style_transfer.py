@@ -57,12 +57,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from reprlab.methods.style_judge import FrozenJudge, art_material_of
 from reprlab.platform.contract.frozen import load_frozen
 from reprlab.platform.contract.method import Method, register_method, unwrap
 from reprlab.platform.core.config import ExperimentConfig, MethodConfig
 from reprlab.platform.core.errors import ConfigError
 from reprlab.platform.core.log import say
+from reprlab.platform.data.sets.procedural_art import art_material_of
 from reprlab.platform.eval import image as im
 from reprlab.platform.nn.stylenet import (
     DEFAULT_DISC_WIDTHS,
@@ -241,7 +241,7 @@ class StyleTransfer(Method):
             raise ConfigError(f"config: method.artist: {c.artist!r} is not one of {', '.join(artists)}")
         self.artist_index = artists.index(c.artist)
         judge, _ = load_frozen(_gated_judge(c, ctx.cfg), "method.judge", ("style_judge",))
-        if not isinstance(judge, FrozenJudge) or judge.head.altered.out_features != len(artists):
+        if not hasattr(judge, "scores") or judge.head.altered.out_features != len(artists):
             raise ConfigError(f"config: method.judge: {c.judge} was not trained on this data set's artists")
         self.judge = judge.to(ctx.device)  # an attribute: stored in (and restored from) every checkpoint
         self.content = self.material.pool("content")

@@ -87,7 +87,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from reprlab.platform.core.config import Section
 from reprlab.platform.core.errors import ConfigError, DataError
 from reprlab.platform.data.camera import quantize
-from reprlab.platform.data.catalog import DataSet, register_dataset
+from reprlab.platform.data.catalog import DataSet, get_dataset, register_dataset
 from reprlab.platform.data.imageops import (
     band_alpha,
     box_blur,
@@ -428,6 +428,16 @@ def art_material(section) -> Material:
     c = getattr(section, "procedural_art", section)
     return _material(c.size, c.seed, c.content_crops, c.painting_crops, c.val_crops, c.test_crops,
                      c.unseen_crops, c.object_probability, c.hd_side)
+
+
+def art_material_of(cfg):
+    """The material, painter, artists and scenes of an experiment config's data set (the style
+    judge's and style transfer's), or one ConfigError line when the set has no procedural artists."""
+    extra = get_dataset(cfg.data.name, "data.name").extra
+    if "art_material" not in extra:
+        raise ConfigError(f"config: data.name: {cfg.data.name} has no procedural artists "
+                          f"(the judge and its scores need data.name=procedural_art)")
+    return extra["art_material"](cfg.data), extra["paint"], ARTISTS, SCENES
 
 
 @lru_cache(maxsize=4)
