@@ -366,6 +366,40 @@ def test_damaged_metrics_table_is_one_line(tmp_path):
         read_metrics_table(bad)
 
 
+def test_metrics_read_while_the_run_rewrites_them_are_always_whole(tmp_path):
+    """A run rewrites metrics.parquet every epoch while tests, sweeps and the fault bench poll it.
+    Handing the path to Parquet stats the file and opens it separately, so a rename in between
+    reads the new file at the old size ("Page was smaller than expected"; about a third of such
+    reads failed here). Catches reading by path instead of through one handle."""
+    import threading
+
+    from reprlab.platform.run.results import read_metrics_table, write_metrics_table
+
+    path = tmp_path / "metrics.parquet"
+    write_metrics_table(path, [{"epoch": 0, "loss": 0.0}])
+    stop, errors = threading.Event(), []
+
+    def rewrite():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            write_metrics_table(path, [{"epoch": e, "loss": float(e)} for e in range(1 + n % 40)])
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(400):
+            try:
+                rows = read_metrics_table(path)
+                assert [r["epoch"] for r in rows] == list(range(len(rows)))
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                errors.append(repr(exc))
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors, f"{len(errors)} of 400 reads failed, first: {errors[0]}"
+
+
 def test_diverged_loss_is_one_line_and_keeps_epoch_0(local, tmp_path, capsys):
     out = tmp_path / "nan"
     rc = main(["train", "--output", str(out), *_args(local + ["optim.lr=1e38", "optim.name=sgd"])])

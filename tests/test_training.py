@@ -16,12 +16,14 @@ import pytest
 from reprlab.cli import main
 from reprlab.platform.core.config import METRIC_KEYS, load_config
 from reprlab.platform.run.driver import run_training
+from reprlab.platform.run.results import read_metrics_table
 
 pytestmark = pytest.mark.slow
 
 
 def _epochs(out: Path) -> list[int]:
-    return pq.read_table(out / "metrics.parquet").column("epoch").to_pylist()
+    # read_metrics_table, not pq.read_table: the run rewrites the file while the test polls it
+    return [row["epoch"] for row in read_metrics_table(out / "metrics.parquet")]
 
 
 def test_in_process_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path):

@@ -35,13 +35,12 @@ def read_metrics_table(path: Path | str | Location) -> list[dict[str, Any]]:
     from reprlab.platform.core.errors import StorageError
 
     loc = resolve(path)
+    # The whole file through one handle, then parsed: a path handed to Parquet is stat-ed and then
+    # opened, and a writer's rename in between makes the size it expects disagree with the file.
+    data = loc.read_bytes()
     try:
-        return pq.read_table(loc.path, filesystem=loc.fs).to_pylist()
-    except FileNotFoundError:
-        raise
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        if isinstance(exc, OSError) and not loc.exists():
-            raise FileNotFoundError(str(loc)) from None
         reason = (" ".join(str(exc).split()) or type(exc).__name__)[:200]
         raise StorageError(f"storage: cannot read {loc}: {reason}") from None
 
