@@ -294,7 +294,7 @@ def _bench_methods(args: argparse.Namespace) -> int:
         raise ConfigError(f"bench methods: --seeds {args.seeds!r}: expected integers separated by commas") from None
     comparison = mb.load_comparison(args.comparison)
     if args.variant:  # variants given on the command line, reported with the comparison file's metrics
-        comparison = mb.Comparison(tuple(mb.parse_variant(v) for v in args.variant), comparison.metrics,
+        comparison = mb.Comparison(mb.chosen_variants(args.variant, comparison.variants), comparison.metrics,
                                    comparison.deltas, comparison.plot)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -401,9 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--seed", type=int, default=0)
     b = bsub.add_parser("methods", help="methods side by side over several seeds (default: the glyphs comparison)")
     b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
-    b.add_argument("--variant", action="append", default=[], metavar="LABEL=PRESET[,KEY=VALUE...]",
-                   help="compare these instead of the comparison's variants, reported with its metrics "
-                        "(repeatable; the first is the baseline)")
+    b.add_argument("--variant", action="append", default=[], metavar="LABEL | LABEL=PRESET[,KEY=VALUE...]",
+                   help="compare these instead of all the comparison's variants, reported with its metrics: "
+                        "a label of the comparison's, or a new variant (repeatable; the first is the baseline)")
     b.add_argument("--comparison", default="glyphs",
                    help="variants from a comparison file or a shipped one (default: glyphs, reprlab/comparisons/)")
     b.add_argument("--output", default="runs/bench-methods",

@@ -78,8 +78,19 @@ def test_bench_methods_compares_variants_over_seeds_and_reuses_finished_runs(tin
 def test_bench_methods_bad_variant_is_one_line(capsys):
     assert main(["bench", "methods", "--variant", "no-preset-here"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "reprlab: error: bench methods: --variant 'no-preset-here': expected LABEL=PRESET[,KEY=VALUE...]"
+        "reprlab: error: bench methods: --variant 'no-preset-here': neither a label of the comparison "
+        "(margin; D&C K=2; D&C K=4; D&C K=8; MIC; Sharing) nor LABEL=PRESET[,KEY=VALUE...]"
     )
+
+
+def test_bench_methods_variant_chooses_a_comparison_label_with_commas_as_written():
+    from reprlab.bench.methods_bench import chosen_variants, load_comparison
+
+    offered = load_comparison("style_transfer_procedural").variants
+    chosen = chosen_variants(["block, instance norm", "no block, LFN", "X=margin/glyphs,train.epochs=1"], offered)
+    assert [v.label for v in chosen] == ["block, instance norm", "no block, LFN", "X"]
+    assert chosen[0].overrides == ("method.norm=instance",) and chosen[1].overrides == ("method.ctb_blocks=0",)
+    assert (chosen[2].preset, chosen[2].overrides) == ("margin/glyphs", ("train.epochs=1",))
 
 
 def test_bench_methods_shipped_comparison_names_the_glyphs_presets(tmp_path, capsys):

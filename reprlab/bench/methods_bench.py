@@ -186,6 +186,23 @@ def parse_variant(text: str) -> Variant:
     return Variant(label, preset, tuple(x for x in rest.split(",") if x))
 
 
+def chosen_variants(texts: list[str], offered: tuple[Variant, ...]) -> tuple[Variant, ...]:
+    """``--variant`` values: the label of one of ``offered`` (the comparison's variants, so a label
+    with commas or ``=`` in it can be chosen as it is written) or ``LABEL=PRESET[,KEY=VALUE...]``."""
+    by_label = {v.label: v for v in offered}
+    chosen = []
+    for text in texts:
+        if text in by_label:
+            chosen.append(by_label[text])
+            continue
+        try:
+            chosen.append(parse_variant(text))
+        except ConfigError:
+            raise ConfigError(f"bench methods: --variant {text!r}: neither a label of the comparison "
+                              f"({'; '.join(by_label)}) nor LABEL=PRESET[,KEY=VALUE...]") from None
+    return tuple(chosen)
+
+
 def config_hash(cfg) -> str:
     """SHA-256 of the resolved config (every key, defaults included), as canonical JSON."""
     text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
