@@ -431,3 +431,50 @@ def test_style_folders_missing_or_empty_folder_is_one_data_line(tmp_path, breaka
     with pytest.raises(DataError) as err:
         load_benchmark(load_config(None, overrides).data)
     assert str(tmp_path / folder) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_style_folders_material_pools_are_disjoint_seeded_crops(tmp_path):
+    """The folders as style transfer's material: content / val / test / hd pools of disjoint
+    photos, centre crops where evaluated (equal to resizing and cutting by hand), seeded random
+    crops where trained (the same pixels on every read, different ones per k), paintings of the
+    one artist with unknown scene and class. Mutations: val drawn from the test photos, a crop
+    placement from global randomness, a centre crop off by the free room's half."""
+    from PIL import Image
+
+    from reprlab.platform.core.config import load_config
+    from reprlab.platform.data.sets.style_folders import folder_material
+
+    rng = np.random.default_rng(0)
+    for kind, folders in (("photos", {"alley": 8, "beach": 8}), ("paintings", {"monet": 3, "cezanne": 2})):
+        for name, n in folders.items():
+            (tmp_path / kind / name).mkdir(parents=True)
+            for i in range(n):
+                px = rng.integers(0, 256, (30 + i, 50 - i, 3), dtype=np.uint8)
+                Image.fromarray(px).save(tmp_path / kind / name / f"{i:03d}.png")
+    cfg = load_config(None, ["data.name=style_folders", f"data.root={tmp_path}", "data.image_size=16",
+                             "data.style_folders.artist=monet", "data.style_folders.test_fraction=0.25",
+                             "data.style_folders.val_fraction=0.2", "data.style_folders.crops_per_image=3",
+                             "data.style_folders.hd_side=24", "data.style_folders.hd_images=2"])
+    m = folder_material(cfg.data)
+    assert m.artists == ("monet",) and m.scenes == ("alley", "beach")
+    files = {name: set(m.pool(name).file.tolist()) for name in ("content", "val", "test")}
+    assert not files["content"] & files["val"] and not files["content"] & files["test"] and not files["val"] & files["test"]
+    assert sum(len(f) for f in files.values()) == 16 and len(m.pool("content")) == 3 * len(files["content"])
+    test = m.pool("test")
+    path = m.paths[int(test.file[0])]
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    short = min(w, h)
+    size = (round(w * 16 / short), round(h * 16 / short))
+    x0, y0 = int(0.5 * (size[0] - 16) + 0.5), int(0.5 * (size[1] - 16) + 0.5)
+    by_hand = np.asarray(img.resize(size, Image.Resampling.BICUBIC).crop((x0, y0, x0 + 16, y0 + 16)))
+    assert torch.equal(test[0].image[0], torch.from_numpy(by_hand.copy()).permute(2, 0, 1).float() / 255)
+    assert m.pool("hd").image.shape == (2, 3, 24, 24)
+    content = m.pool("content")
+    assert torch.equal(content[:6].image, content[:6].image)
+    assert not torch.equal(content[0].image, content[1].image)  # the same photo, crops k = 0 and 1
+    paintings = m.paintings("monet")
+    assert len(paintings) == 9 and (paintings.scene == -1).all() and (paintings.obj == -1).all()
+    assert {m.paths[int(f)].split("/")[-2] for f in paintings.file} == {"monet"}
+    with pytest.raises(DataError, match="cezanne"):
+        m.paintings("cezanne")

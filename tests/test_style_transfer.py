@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -316,4 +317,118 @@ def test_bad_input_is_one_line_before_anything_runs(judge, cli_error, tmp_path):
     assert "data.image_size: 34 is not a multiple of 2^method.downsamplings = 4" in err
     err = cli_error(["train", "--output", str(out), *base, "--set", f"method.judge={tmp_path}"])
     assert "method.judge" in err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------ the paper's form: real folders, a user's classifier
+
+
+def _photo_tree(root, photos: dict[str, int], paintings: int, seed: int = 0) -> None:
+    """photos/<category>/ and paintings/monet/ with smooth random images of several sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folders = [(root / "photos" / name, n) for name, n in photos.items()] + [(root / "paintings" / "monet", paintings)]
+    for folder, n in folders:
+        folder.mkdir(parents=True)
+        for i in range(n):
+            h, w = int(rng.integers(40, 70)), int(rng.integers(40, 90))
+            small = rng.random((h // 8 + 2, w // 8 + 2, 3))
+            img = Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+            img.save(folder / f"{i:03d}.png")
+
+
+class _FixedLogits(torch.nn.Module):
+    """An 'artist classifier' whose logits favour one index, plus a conv so it has weights."""
+
+    def __init__(self, favoured: int, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, classes, 3)
+        self.register_buffer("bias", torch.nn.functional.one_hot(torch.tensor(favoured), classes).float() * 100)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) * 1e-3 + self.bias
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folders")
+    _photo_tree(root / "data", {"alley": 6, "beach": 6}, paintings=5)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript: still what users ship
+        torch.jit.script(_FixedLogits(2)).save(str(root / "favours_2.pt"))
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(_FixedLogits(1), (torch.zeros(2, 3, 16, 16),), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(root / "favours_1.pt2"))
+    return root
+
+
+def _paper_form(folders, *more) -> list[str]:
+    sets = [s for s in STYLE if not s.startswith(("data.name", "data.procedural_art", "method.judge"))]
+    return sets + ["data.name=style_folders", f"data.root={folders / 'data'}", "data.style_folders.artist=monet",
+                   "data.style_folders.test_fraction=0.3", "data.style_folders.val_fraction=0.25",
+                   "data.style_folders.crops_per_image=2", "data.style_folders.hd_side=64",
+                   "data.style_folders.hd_images=2", "method.artist=monet",
+                   f"method.classifier={folders / 'favours_2.pt'}", "method.classifier_artist=2",
+                   "method.classifier_size=16", "train.epochs=1", "data.iterations_per_epoch=2", *more]
+
+
+def test_the_paper_form_trains_from_folders_scored_by_a_users_classifier(folders, tmp_path):
+    """The paper preset's path on a fabricated tree: the model trains on decoded folder crops,
+    the user's TorchScript classifier scores it and is stored in the checkpoint, and what needs the
+    artist's own rendering is NaN. Catches a deception read off the wrong logit (the classifier
+    always names index 2: 1.0 for artist index 2, 0.0 for 1), a score that needs a scene head, and
+    a classifier left out of the checkpoint."""
+    summary = _train(_paper_form(folders), tmp_path / "run")
+    test = summary["test"]
+    assert test["deception"] == test["deception_artists_only"] == test["deception_hd"] == 1.0
+    assert test["score"] == 1.0 and 0 < test["ssim_low"] <= 1
+    for key in ("alteration_face", "alteration_unseen", "rsscd", "rsscd_nn", "scene_acc"):
+        assert math.isnan(test[key]), key
+    state = torch.load(next((tmp_path / "run" / "checkpoints").glob("epoch_*/state.pt")), weights_only=True)
+    assert "net.conv.weight" in state["method"]["attributes"]["judge"]
+    assert (tmp_path / "run" / "stylizations.png").stat().st_size > 500
+    other = _train(_paper_form(folders, "method.classifier_artist=1", "method.model=identity"), tmp_path / "id")
+    assert other["test"]["deception"] == 0.0
+    exported = _train(_paper_form(folders, f"method.classifier={folders / 'favours_1.pt2'}", "method.classifier_artist=1",
+                                  "method.model=identity"), tmp_path / "pt2")  # a torch.export program
+    assert exported["test"]["deception"] == 1.0
+
+
+def test_folder_batches_decode_seeded_crops_and_leave_unknown_classes_out(folders):
+    """Training batches from folders: the same (epoch, iteration) gives the same pixels, paintings
+    carry unknown scene and class (-1) that the heads' losses skip, and the photos' scenes are
+    their folders. Catches crops that are not reproducible (resume would differ) and -1 labels
+    reaching cross-entropy (an index error)."""
+    method = _method(_paper_form(folders))
+    a, b = method._global_batch(1, 0), method._global_batch(1, 0)
+    assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    assert not torch.equal(a["x"], method._global_batch(1, 1)["x"])
+    assert a["x"].shape == (8, 3, 32, 32) and (a["scene_y"] == -1).all() and (a["class_x"] == -1).all()
+    assert set(a["scene_x"].tolist()) <= {0, 1}
+    logs = method.train_step({k: v for k, v in a.items()})
+    assert all(math.isfinite(v) for v in logs.values())
+    method.rate_style.ds.fill_(0.0)  # the discriminator branch: the scene head on paintings
+    assert method.rate_style.choose() == "discriminator"
+    logs = method.train_step(a)
+    assert all(math.isfinite(v) for v in logs.values())
+
+
+def test_the_paper_forms_bad_input_is_one_line(folders, tmp_path, cli_error):
+    """A classifier file that is missing or not TorchScript, no logit index, an index the classifier
+    does not have, a painting folder other than method.artist's, and the oracle (real paintings have
+    no rendering of a photo): one line each, nothing written."""
+    out = tmp_path / "out"
+    base = ["style_transfer/paper"] + [a for s in _paper_form(folders) for a in ("--set", s)]
+
+    def err(*more):
+        return cli_error(["train", "--output", str(out), *base, *[a for s in more for a in ("--set", s)]])
+
+    assert "no such file" in err(f"method.classifier={tmp_path / 'none.pt'}")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    assert "not a TorchScript module" in err(f"method.classifier={tmp_path / 'junk.pt'}")
+    assert "method.classifier_artist: 5 is not an index of the classifier's 3 logits" in err("method.classifier_artist=5")
+    assert "data.style_folders.artist" in err("method.artist=cezanne")
+    assert "method.model: oracle" in err("method.model=oracle")
     assert not out.exists()

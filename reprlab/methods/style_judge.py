@@ -68,6 +68,9 @@ class StyleJudgeConfig(MethodConfig):
         if cfg.model.backbone != "small_cnn" or cfg.model.pretrained != "none":
             raise ConfigError(f"config: model.backbone: the judge is a small_cnn trained from scratch, "
                               f"got {cfg.model.backbone} ({cfg.model.pretrained})")
+        if cfg.data.name != "procedural_art":
+            raise ConfigError(f"config: data.name: the judge learns the procedural artists' renderings "
+                              f"(data.name=procedural_art), not {cfg.data.name}")
 
 
 def to_net(x: torch.Tensor) -> torch.Tensor:

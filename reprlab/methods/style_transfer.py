@@ -42,11 +42,19 @@ G_a of different crops; lower is better), ``rsscd_nn`` (as rsscd, to the nearest
 artist's pool with the same object class), ``scene_acc`` (the judge's scene head still right on
 x^), ``ssim_low`` (SSIM of blurred luminance, x^ against x, outside the artist's change mask), and
 ``score`` = the harmonic mean of deception and scene_acc (selection; copying paintings does not pay).
+
+Real data (``data.name: style_folders``, the ``paper`` preset): photos and the artist's paintings
+from folders, scored by a user-supplied artist classifier (``method.classifier``, the paper's
+VGG-16 on WikiArt artists; ``method.classifier_artist`` its logit of this artist), also stored in
+the checkpoints. Paintings there have no object class or scene (-1: drawn uniformly, left out of
+the heads' losses), and no rendering of a photo by the artist exists, so alteration, RSSCD and
+scene accuracy are NaN and ``score`` is the deception rate.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from reprlab.platform.contract.frozen import load_frozen
+from reprlab.platform.contract.frozen import load_external_classifier, load_frozen
 from reprlab.platform.contract.method import Method, register_method, unwrap
 from reprlab.platform.core.config import ExperimentConfig, MethodConfig
 from reprlab.platform.core.errors import ConfigError
@@ -82,6 +90,8 @@ TRAINED = ("trained",)
 METRICS = ("score", "deception", "deception_artists_only", "deception_hd", "alteration_face", "alteration_unseen",
            "rsscd", "rsscd_nn", "scene_acc", "ssim_low")
 LOW_SIGMA = 2.0  # px: the blur before ssim_low (low frequencies only) [design]
+LAB_PAINTINGS = 2048  # paintings whose Lab statistics colour transfer moves photos to
+UNKNOWN = -1  # a scene or object class the data does not give (real paintings): left out of the heads' losses
 
 
 class StyleTransferConfig(MethodConfig):
@@ -89,6 +99,13 @@ class StyleTransferConfig(MethodConfig):
     artist: str = Field("a", description="the artist this model paints like (one model per artist)")
     model: Literal["trained", "identity", "color_transfer", "oracle"] = "trained"
     judge: str | None = Field(None, description="a finished style_judge run directory (scores every variant)")
+    classifier: str | None = Field(
+        None, description="instead of a judge run: a TorchScript artist classifier (the paper: a VGG-16 on WikiArt "
+                          "artists); it maps N x 3 x S x S images to artist logits")
+    classifier_artist: int | None = Field(None, ge=0, description="the classifier's logit index of method.artist")
+    classifier_size: int = Field(224, ge=8, description="the classifier's input side S (images are resized to it)")
+    classifier_normalize: Literal["imagenet", "none"] = Field(
+        "imagenet", description="imagenet: inputs standardized with the ImageNet mean and std; none: [0, 1]")
     judge_gates: tuple[float, float] = Field(
         (0.95, 0.9), description="the judge's least test painting_acc and alteration_acc/<artist> (spec: .95, .9)")
     norm: Literal["lfn", "instance"] = "lfn"
@@ -99,7 +116,8 @@ class StyleTransferConfig(MethodConfig):
     group_size: int = Field(16, ge=1, description="LFN group size G (channels per group)")
     window: int = Field(32, ge=2, description="LFN's W: a layer of stride s uses a window of W / (2 s)")
     disc_widths: list[int] = Field(list(DEFAULT_DISC_WIDTHS), description="D_s: one stride-2 level per width")
-    score_levels: int = Field(3, ge=1, description="D_s's real/fake maps from its last levels")
+    score_levels: int | list[int] = Field(
+        3, description="D_s's real/fake maps: from its last this many levels, or at these level indices (0 = first)")
     content_disc_width: int | None = Field(None, ge=4, description="D_c's width (default: E's output channels)")
     pixel_weight: float = Field(100.0, ge=0, description="lam_pxl (ECCV'18: 100)")
     pixel_pool: int = Field(3, ge=1, description="average pooling before L_pxl (1: the poster's plain L2)")
@@ -117,15 +135,35 @@ class StyleTransferConfig(MethodConfig):
     figure_rows: int = Field(2, ge=0, description="test crops per object kind in stylizations.png")
 
     def check_against(self, cfg: ExperimentConfig) -> None:
-        if self.judge is None:
+        if self.judge is None and self.classifier is None:
             raise ConfigError("config: method.judge: a finished style_judge run is needed to score the outputs "
-                              "(reprlab train style_judge/procedural_art --output runs/procedural_art/judge)")
-        self.judge = str(Path(self.judge).expanduser().resolve())  # Ray workers may run elsewhere
+                              "(reprlab train style_judge/procedural_art --output runs/procedural_art/judge), "
+                              "or method.classifier")
+        if self.judge is not None and self.classifier is not None:
+            raise ConfigError("config: method.classifier: set method.judge or method.classifier, not both")
         if cfg.data.name == "procedural_art":
             from reprlab.platform.data.sets.procedural_art import ARTISTS
 
             if self.artist not in ARTISTS:
                 raise ConfigError(f"config: method.artist: {self.artist!r} is not one of {', '.join(ARTISTS)}")
+        elif cfg.data.name == "style_folders":
+            folder = cfg.data.style_folders.artist
+            if folder != self.artist:
+                raise ConfigError(f"config: data.style_folders.artist: {folder!r} must name method.artist's folder "
+                                  f"({self.artist!r}): one model per artist")
+            if self.model == "oracle":
+                raise ConfigError("config: method.model: oracle needs the artist's own rendering of each photo, "
+                                  "which real paintings do not have")
+        if self.classifier is not None:
+            self.classifier = str(Path(self.classifier).expanduser().resolve())  # Ray workers may run elsewhere
+            if not Path(self.classifier).is_file():
+                raise ConfigError(f"config: method.classifier: {self.classifier}: no such file")
+            if self.classifier_artist is None:
+                raise ConfigError("config: method.classifier_artist: the classifier's logit index of "
+                                  f"method.artist ({self.artist!r}) is needed")
+            _checked_classifier(self)
+        else:
+            self.judge = str(Path(self.judge).expanduser().resolve())  # Ray workers may run elsewhere
         if self.model in TRAINED:
             side, multiple = cfg.data.image_size, 2**self.downsamplings
             if side % multiple:
@@ -134,10 +172,15 @@ class StyleTransferConfig(MethodConfig):
             if width % self.group_size or self.ngf % self.group_size:
                 raise ConfigError(f"config: method.group_size: {self.group_size} must divide every width of E "
                                   f"(method.ngf={self.ngf} ... {width})")
-            if len(self.disc_widths) < self.score_levels:
-                raise ConfigError(f"config: method.score_levels: {self.score_levels} maps need as many levels of "
+            levels = self.score_levels
+            if isinstance(levels, int) and not 1 <= levels <= len(self.disc_widths):
+                raise ConfigError(f"config: method.score_levels: {levels} maps need as many levels of "
                                   f"method.disc_widths ({len(self.disc_widths)})")
-        _gated_judge(self, cfg)
+            if isinstance(levels, list) and (not levels or min(levels) < 0 or max(levels) >= len(self.disc_widths)):
+                raise ConfigError(f"config: method.score_levels: {levels} must be level indices in "
+                                  f"0..{len(self.disc_widths) - 1} (method.disc_widths)")
+        if self.judge is not None:
+            _gated_judge(self, cfg)
 
 
 def _gated_judge(c: StyleTransferConfig, cfg: ExperimentConfig) -> Path:
@@ -155,6 +198,17 @@ def _gated_judge(c: StyleTransferConfig, cfg: ExperimentConfig) -> Path:
             raise ConfigError(f"config: method.judge: {run}: test {key} {value} is below the gate {gate} "
                               f"(method.judge_gates); train the judge longer")
     return run
+
+
+def _checked_classifier(c: StyleTransferConfig):
+    """The user's classifier (method.classifier), loaded and checked to have the logit
+    method.classifier_artist (one ConfigError line otherwise)."""
+    model = load_external_classifier(c.classifier, "method.classifier", c.classifier_size, c.classifier_normalize)
+    classes = model.scores(torch.zeros(1, 3, c.classifier_size, c.classifier_size))["artist"].shape[1]
+    if c.classifier_artist >= classes:
+        raise ConfigError(f"config: method.classifier_artist: {c.classifier_artist} is not an index of the "
+                          f"classifier's {classes} logits")
+    return model
 
 
 def to_net(x: torch.Tensor) -> torch.Tensor:
@@ -239,10 +293,14 @@ class StyleTransfer(Method):
         self.material, self.paint, artists, scenes = art_material_of(ctx.cfg)
         if c.artist not in artists:
             raise ConfigError(f"config: method.artist: {c.artist!r} is not one of {', '.join(artists)}")
-        self.artist_index = artists.index(c.artist)
-        judge, _ = load_frozen(_gated_judge(c, ctx.cfg), "method.judge", ("style_judge",))
-        if not hasattr(judge, "scores") or judge.head.altered.out_features != len(artists):
-            raise ConfigError(f"config: method.judge: {c.judge} was not trained on this data set's artists")
+        if c.classifier is not None:  # the paper's form: a user's artist classifier, all logits artists
+            judge = _checked_classifier(c)
+            self.artist_index, self.artist_columns = c.classifier_artist, slice(None)
+        else:  # a style_judge run: K artists + photo, and its altered / scene heads and features
+            judge, _ = load_frozen(_gated_judge(c, ctx.cfg), "method.judge", ("style_judge",))
+            if not hasattr(judge, "scores") or judge.head.altered.out_features != len(artists):
+                raise ConfigError(f"config: method.judge: {c.judge} was not trained on this data set's artists")
+            self.artist_index, self.artist_columns = artists.index(c.artist), slice(None, -1)
         self.judge = judge.to(ctx.device)  # an attribute: stored in (and restored from) every checkpoint
         self.content = self.material.pool("content")
         self.paintings = self.material.paintings(c.artist)
@@ -281,13 +339,18 @@ class StyleTransfer(Method):
         return 2 * self.ctx.local_batch()
 
     def _global_batch(self, epoch: int, iteration: int) -> dict[str, torch.Tensor]:
-        """Photos and class-matched paintings at (epoch, iteration), the same on every rank."""
+        """Photos and paintings at (epoch, iteration), the same on every rank: class-matched where
+        the object classes are known (procedural art), uniform where not (folders: -1, ignored by
+        the class and scene heads)."""
         from reprlab.platform.data.sets.procedural_art import class_matched
 
         n = self.ctx.cfg.data.global_batch
         gen = torch.Generator().manual_seed(self.ctx.seed(epoch, iteration, 0x57F))
         photos = self.content[torch.randint(len(self.content), (n,), generator=gen)]
-        paintings = self.paintings[class_matched(self.paintings.obj, photos.obj.clamp(max=1), gen)]
+        if bool((photos.obj >= 0).all()) and bool((self.paintings.obj >= 0).all()):
+            paintings = self.paintings[class_matched(self.paintings.obj, photos.obj.clamp(max=1), gen)]
+        else:
+            paintings = self.paintings[torch.randint(len(self.paintings), (n,), generator=gen)]
         return {"x": photos.image, "y": paintings.image, "scene_x": photos.scene, "scene_y": paintings.scene,
                 "class_x": photos.obj.clamp(max=1), "class_y": paintings.obj.clamp(max=1)}
 
@@ -327,7 +390,7 @@ class StyleTransfer(Method):
             fp = (feature_mse if c.fixpoint == "l2" else feature_l1)(fixed, z)
             adv = multiscale_bce(maps, real=True)
             per = c.pixel_weight * pix + c.fixpoint_weight * fp + c.style_weight * adv
-            per = per + c.scene_weight * F.cross_entropy(scene, b["scene_x"], reduction="none")
+            per = per + c.scene_weight * F.cross_entropy(scene, b["scene_x"], reduction="none", ignore_index=UNKNOWN)
             loss = ctx.global_mean(per)
             self.opt_gen.zero_grad(set_to_none=True)
             loss.backward()
@@ -345,9 +408,9 @@ class StyleTransfer(Method):
         loss = ctx.global_mean(multiscale_bce([m[rows[0]] for m in maps], real=True))
         for r in rows[1:]:
             loss = loss + ctx.global_mean(multiscale_bce([m[r] for m in maps], real=False))
-        scene_per = F.cross_entropy(scene[rows[0]], b["scene_y"], reduction="none")
+        scene_per = F.cross_entropy(scene[rows[0]], b["scene_y"], reduction="none", ignore_index=UNKNOWN)
         if c.photos_as_fake:
-            scene_per = scene_per + F.cross_entropy(scene[rows[2]], b["scene_x"], reduction="none")
+            scene_per = scene_per + F.cross_entropy(scene[rows[2]], b["scene_x"], reduction="none", ignore_index=UNKNOWN)
         loss = loss + ctx.global_mean(scene_per)
         self.opt_style.zero_grad(set_to_none=True)
         loss.backward()
@@ -369,7 +432,7 @@ class StyleTransfer(Method):
             logit, cls = unwrap(self.disc_content)(zt)
             maps, _ = unwrap(self.disc_style)(unwrap(self.dec)(zt))
             adv = F.softplus(-logit)  # BCE against "artwork"
-            per = c.content_weight * adv + c.class_weight * F.cross_entropy(cls, b["class_x"], reduction="none")
+            per = c.content_weight * adv + c.class_weight * F.cross_entropy(cls, b["class_x"], reduction="none", ignore_index=UNKNOWN)
             per = per + c.style_weight * multiscale_bce(maps, real=True)
             loss = ctx.global_mean(per)
             self.opt_ctb.zero_grad(set_to_none=True)
@@ -383,7 +446,7 @@ class StyleTransfer(Method):
             zt = unwrap(self.ctb)(z)
         n = zy.shape[0]
         logit, cls = self.disc_content(torch.cat([zy, zt]))
-        per_real = F.softplus(-logit[:n]) + F.cross_entropy(cls[:n], b["class_y"], reduction="none")
+        per_real = F.softplus(-logit[:n]) + F.cross_entropy(cls[:n], b["class_y"], reduction="none", ignore_index=UNKNOWN)
         loss = ctx.global_mean(per_real) + ctx.global_mean(F.softplus(logit[n:]))
         self.opt_content.zero_grad(set_to_none=True)
         loss.backward()
@@ -409,26 +472,29 @@ class StyleTransfer(Method):
 
     # ---- stylizing ------------------------------------------------------------------------------
     @torch.no_grad()
-    def stylize(self, crops, bypass: bool = False) -> torch.Tensor:
+    def stylize(self, crops, bypass: bool = False, image: torch.Tensor | None = None) -> torch.Tensor:
         """The variant's output for ``crops`` (N x 3 x H x W in [0, 1], any side that is a multiple
-        of 2^downsamplings for the trained model); ``bypass``: D(E(x)), T left out."""
+        of 2^downsamplings for the trained model); ``bypass``: D(E(x)), T left out; ``image``:
+        ``crops.image`` when the caller has it already (folder crops decode on every read)."""
         m = self.cfg.model
         if m == "identity":
-            return crops.image
+            return crops.image if image is None else image
         if m == "oracle":
             return self.paint(crops, self.cfg.artist)[0]
         if m == "color_transfer":
-            if "lab" not in self._eval:
-                self._eval["lab"] = lab_statistics(self.paintings.image)
-            return color_transfer(crops.image, *self._eval["lab"])
+            if "lab" not in self._eval:  # at most LAB_PAINTINGS of the pool (a seeded choice)
+                pick = torch.randperm(len(self.paintings), generator=torch.Generator().manual_seed(0))[:LAB_PAINTINGS]
+                self._eval["lab"] = lab_statistics(self.paintings[pick.sort().values].image)
+            return color_transfer(crops.image if image is None else image, *self._eval["lab"])
         enc, dec = unwrap(self.enc), unwrap(self.dec)
         mods = [enc, dec] + ([unwrap(self.ctb)] if self.ctb is not None else [])
         for mod in mods:
             mod.eval()
         try:
             outs = []
-            for i in range(0, len(crops), self.ctx.cfg.eval.batch_size):
-                x = to_net(crops[i : i + self.ctx.cfg.eval.batch_size].image).to(self.ctx.device)
+            bs = self.ctx.cfg.eval.batch_size
+            for i in range(0, len(crops), bs):
+                x = to_net(crops[i : i + bs].image if image is None else image[i : i + bs]).to(self.ctx.device)
                 z = enc(x)
                 outs.append(from_net(dec(z if bypass else self._transform(z, wrapped=False))).cpu())
             return torch.cat(outs)
@@ -451,82 +517,115 @@ class StyleTransfer(Method):
         return x.unfold(2, t, t).unfold(3, t, t).permute(0, 2, 3, 1, 4, 5).reshape(-1, ch, t, t)
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def _reference(self, split: str) -> dict[str, torch.Tensor]:
-        """What does not depend on the model: the split's crops, the artist's rendering and mask,
-        the judge's features of the renderings and of the painting pool (computed once)."""
+    @property
+    def _scored_against_renderings(self) -> bool:
+        """Whether the artist's own rendering of each photo exists (procedural artists) and the
+        judge has the heads that use it (a style_judge run): alteration and RSSCD."""
+        return self.paint is not None and self.cfg.classifier is None
+
+    def _reference(self, split: str) -> dict[str, Any]:
+        """What does not depend on the model (computed once per split): the split's crops and,
+        where renderings exist, the artist's rendering and change mask and the judge's features
+        of the renderings and of the painting pool."""
         key = f"ref/{split}"
         if key not in self._eval:
-            crops = self.material.pool(split)
-            painted, mask = self.paint(crops, self.cfg.artist)
-            if "pool_features" not in self._eval:
-                self._eval["pool_features"] = self._judge(self.paintings.image)["features"]
-            self._eval[key] = {"crops": crops, "painted": painted, "mask": mask,
-                               "painted_features": self._judge(painted)["features"]}
+            ref: dict[str, Any] = {"crops": self.material.pool(split)}
+            if self._scored_against_renderings:
+                painted, mask = self.paint(ref["crops"], self.cfg.artist)
+                if "pool_features" not in self._eval:
+                    self._eval["pool_features"] = self._judge(self.paintings.image)["features"]
+                ref |= {"painted": painted, "mask": mask, "painted_features": self._judge(painted)["features"]}
+            self._eval[key] = ref
         return self._eval[key]
 
     def evaluate(self, split: str) -> dict[str, float]:
         result = self._evaluate(split) if self.ctx.is_main else None
         return self.ctx.broadcast(result)
 
+    def _scored(self, ref: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per crop of the split, an evaluation batch at a time (outputs are not all held): the
+        judge's verdicts, features and ssim_low."""
+        crops, bs, a, rich = ref["crops"], self.ctx.cfg.eval.batch_size, self.artist_index, self._scored_against_renderings
+        parts = []
+        for i in range(0, len(crops), bs):
+            chunk = crops[i : i + bs]
+            x = chunk.image
+            out = self.stylize(chunk, image=x)
+            j = self._judge(out)
+            part = {"hit": j["artist"].argmax(1) == a, "hit_artists": j["artist"][:, self.artist_columns].argmax(1) == a}
+            if "scene" in j:
+                part["scene_hit"] = j["scene"].argmax(1) == chunk.scene
+            mask = ref["mask"][i : i + bs] if rich else torch.zeros(len(chunk), *x.shape[-2:], dtype=torch.bool)
+            part["ssim_low"] = ssim_low(out, x, mask)
+            if rich:
+                part["altered"], part["features"] = j["altered"][:, a] > 0, j["features"]
+            parts.append(part)
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
     def _evaluate(self, split: str) -> dict[str, float]:
         ref, a = self._reference(split), self.artist_index
-        crops = ref["crops"]
-        out = self.stylize(crops)
-        j = self._judge(out)
-        deception = (j["artist"].argmax(1) == a).float().mean().item()
-        artists_only = (j["artist"][:, :-1].argmax(1) == a).float().mean().item()
-        faces = crops.obj == 1
-        altered = j["altered"][:, a] > 0
-        feats, painted_feats, pool = j["features"], ref["painted_features"], self._eval["pool_features"]
-        spread = torch.cdist(painted_feats, painted_feats)
-        k = len(painted_feats)
-        denominator = spread.sum() / max(1, k * (k - 1))
-        to_own = (feats - painted_feats).norm(dim=1)
-        same_class = (crops.obj.clamp(max=1)[:, None] == self.paintings.obj.clamp(max=1)[None, :])
-        to_pool = torch.cdist(feats, pool).masked_fill(~same_class, float("inf")).amin(1)
-        scene_acc = (j["scene"].argmax(1) == crops.scene).float().mean().item()
+        crops, per = ref["crops"], self._scored(ref)
+        nan = float("nan")
+        deception = per["hit"].float().mean().item()
+        scene_acc = per["scene_hit"].float().mean().item() if "scene_hit" in per else nan
         metrics = {
-            "deception": deception, "deception_artists_only": artists_only,
-            "alteration_face": altered[faces].float().mean().item() if faces.any() else float("nan"),
-            "rsscd": (to_own.mean() / denominator).item(), "rsscd_nn": (to_pool.mean() / denominator).item(),
-            "scene_acc": scene_acc, "ssim_low": ssim_low(out, crops.image, ref["mask"]).nanmean().item(),
-            "score": harmonic(deception, scene_acc),
+            "deception": deception, "deception_artists_only": per["hit_artists"].float().mean().item(),
+            "alteration_face": nan, "alteration_unseen": nan, "rsscd": nan, "rsscd_nn": nan,
+            "scene_acc": scene_acc, "ssim_low": per["ssim_low"].nanmean().item(),
+            # without a scene head (a user's classifier) the score is the deception rate
+            "score": harmonic(deception, scene_acc) if not math.isnan(scene_acc) else deception,
         }
-        unseen = self.material.pool("unseen")
-        metrics["alteration_unseen"] = (self._judge(self.stylize(unseen))["altered"][:, a] > 0).float().mean().item()
+        if self._scored_against_renderings:
+            faces, altered = crops.obj == 1, per["altered"]
+            feats, painted_feats, pool = per["features"], ref["painted_features"], self._eval["pool_features"]
+            spread = torch.cdist(painted_feats, painted_feats)
+            k = len(painted_feats)
+            denominator = spread.sum() / max(1, k * (k - 1))
+            to_own = (feats - painted_feats).norm(dim=1)
+            same_class = (crops.obj.clamp(max=1)[:, None] == self.paintings.obj.clamp(max=1)[None, :])
+            to_pool = torch.cdist(feats, pool).masked_fill(~same_class, float("inf")).amin(1)
+            unseen = self.material.pool("unseen")
+            metrics |= {
+                "alteration_face": altered[faces].float().mean().item() if faces.any() else nan,
+                "alteration_unseen": (self._judge(self.stylize(unseen))["altered"][:, a] > 0).float().mean().item(),
+                "rsscd": (to_own.mean() / denominator).item(), "rsscd_nn": (to_pool.mean() / denominator).item(),
+            }
         hd = self.stylize(self.material.pool("hd"))
         metrics["deception_hd"] = (self._judge(self._tiles(hd))["artist"].argmax(1) == a).float().mean().item()
         if split == "test":
-            self._figures(crops, out, ref, hd)
+            self._figures(crops, hd)
         return metrics
 
     # ---- figures (test split, rank 0) -------------------------------------------------------------
-    def _figures(self, crops, out: torch.Tensor, ref: dict[str, torch.Tensor], hd: torch.Tensor) -> None:
+    def _figures(self, crops, hd: torch.Tensor) -> None:
         if self.ctx.run_dir is None or not self.cfg.figure_rows:
             return
         as_np = lambda v: v.permute(1, 2, 0).numpy()  # noqa: E731
-        k = self.cfg.figure_rows
-        picks = [torch.nonzero(crops.obj == kind).flatten()[:k] for kind in (1, 0)]
+        k, artist = self.cfg.figure_rows, self.cfg.artist
+        cols = ["content", "stylized", "T bypassed: D(E(x))"]
+        if self.paint is not None:  # faces, crops without an object, unseen objects; the artist's own rendering
+            unseen = self.material.pool("unseen")
+            groups = [("face", crops[torch.nonzero(crops.obj == 1).flatten()[:k]]),
+                      ("no object", crops[torch.nonzero(crops.obj == 0).flatten()[:k]]), ("unseen object", unseen[:k])]
+            cols += [f"artist {artist}: G_a(x)", "change mask"]
+        else:
+            groups = [("photo", crops[: 2 * k])]
         rows, titles = [], []
-        bypass = self.stylize(crops) if self.ctb is None else None
-        for kind, idx in zip(("face", "no object"), picks):
-            for i in idx.tolist():
-                one = crops[i]
-                no_t = bypass[i] if bypass is not None else self.stylize(one, bypass=True)[0]
-                mask = ref["mask"][i].float()[None].expand(3, -1, -1)
-                rows.append([as_np(one.image[0]), as_np(out[i]), as_np(no_t), as_np(ref["painted"][i]), as_np(mask)])
-                titles.append(kind)
-        unseen = self.material.pool("unseen")[: k]
-        u_out, (u_painted, u_mask) = self.stylize(unseen), self.paint(unseen, self.cfg.artist)
-        u_no_t = self.stylize(unseen, bypass=True) if self.ctb is not None else u_out
-        for i in range(len(unseen)):
-            rows.append([as_np(unseen.image[i]), as_np(u_out[i]), as_np(u_no_t[i]), as_np(u_painted[i]),
-                         as_np(u_mask[i].float()[None].expand(3, -1, -1))])
-            titles.append("unseen object")
-        cols = ["content", "stylized", "T bypassed: D(E(x))", f"artist {self.cfg.artist}: G_a(x)", "change mask"]
+        for title, sel in groups:
+            if not len(sel):
+                continue
+            x = sel.image
+            out = self.stylize(sel, image=x)
+            no_t = self.stylize(sel, bypass=True, image=x) if self.ctb is not None else out
+            extra = list(zip(*self.paint(sel, artist))) if self.paint is not None else [()] * len(sel)
+            for i, more in enumerate(extra):
+                row = [as_np(x[i]), as_np(out[i]), as_np(no_t[i])]
+                if more:
+                    row += [as_np(more[0]), as_np(more[1].float()[None].expand(3, -1, -1))]
+                rows.append(row)
+                titles.append(title)
         self.ctx.write_artifact("stylizations.png", im.image_grid_png(rows, titles, cols))
         hd_in = self.material.pool("hd").image
         self.ctx.write_artifact("hd.png", im.image_grid_png([[as_np(v) for v in hd_in], [as_np(v) for v in hd]],
                                                             ["held-out photo", f"stylized ({self.cfg.model}, {self.cfg.norm})"],
                                                             [f"region {i + 1}" for i in range(len(hd))]))
-

@@ -51,6 +51,76 @@ class FrozenModel(nn.Module):
         return self.head(z)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ExternalClassifier(nn.Module):
+    """A user-supplied classifier (a TorchScript file) as a frozen judge: ``scores(x)`` resizes
+    images in [0, 1] (N x 3 x H x W) to ``size`` x ``size`` (bilinear, antialiased), standardizes
+    them with the ImageNet statistics when ``normalize`` is ``imagenet``, and returns
+    ``{"artist": logits}`` (N x classes; a model returning a tuple gives its first element).
+    Its weights are part of its state dict, so a checkpoint holding it restores them."""
+
+    def __init__(self, net: nn.Module, size: int, normalize: str = "imagenet") -> None:
+        super().__init__()
+        self.net, self.size, self.normalize = net, size, normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> ExternalClassifier:
+        self.training = False
+        try:
+            self.net.train(False)
+        except NotImplementedError:  # a torch.export module: exported in the mode it runs in
+            pass
+        return self
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[-2:] != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        if self.normalize == "imagenet":
+            x = (x - self.mean) / self.std
+        out = self.net(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return {"artist": out.float()}
+
+
+def load_external_classifier(path: str | Path, key: str, size: int, normalize: str = "imagenet") -> ExternalClassifier:
+    """The classifier in ``path``: a ``torch.export`` program (``.pt2``, saved with a dynamic batch
+    dimension) or a TorchScript module (any other name), checked on one blank image: it must
+    return logits 1 x classes. Every problem is one ConfigError line naming ``key``."""
+    import warnings
+
+    file = Path(path).expanduser()
+    kind = "torch.export program" if file.suffix == ".pt2" else "TorchScript module"
+    try:
+        with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; users still ship it
+            warnings.simplefilter("ignore", FutureWarning)
+            if file.suffix == ".pt2":
+                net = torch.export.load(str(file)).module()
+            else:
+                net = torch.jit.load(str(file), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a file that is not a model fails in many ways
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"config: {key}: {path}: not a {kind} ({type(exc).__name__}: {reason})") from None
+    model = ExternalClassifier(net, size, normalize)
+    try:
+        logits = model.scores(torch.zeros(1, 3, size, size))["artist"]
+    except Exception as exc:  # noqa: BLE001 - whatever the user's module raises is one line
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"config: {key}: {path}: fails on a 1 x 3 x {size} x {size} input "
+                          f"({type(exc).__name__}: {reason})") from None
+    if logits.dim() != 2 or logits.shape[0] != 1:
+        raise ConfigError(f"config: {key}: {path}: returns {tuple(logits.shape)} for one image; expected 1 x classes")
+    return model
+
+
 def selected_checkpoint(run: Path) -> Path | None:
     """The checkpoint of the epoch the run's summary reports (``best/state.pt``), if kept."""
     path = run / "best" / "state.pt"

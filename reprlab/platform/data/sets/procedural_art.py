@@ -78,6 +78,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -294,6 +295,8 @@ class Material:
     faces: dict[str, torch.Tensor]  # train / val / test / unseen: tile ids
     tables: dict[str, _Table]
     _pools: dict = field(default_factory=dict, repr=False)
+    artists: ClassVar[tuple[str, ...]] = ARTISTS
+    scenes: ClassVar[tuple[str, ...]] = SCENES
 
     def pool(self, name: str) -> Crops:
         """One of :data:`POOLS` (see the module docstring)."""
@@ -432,12 +435,14 @@ def art_material(section) -> Material:
 
 def art_material_of(cfg):
     """The material, painter, artists and scenes of an experiment config's data set (the style
-    judge's and style transfer's), or one ConfigError line when the set has no procedural artists."""
+    judge's and style transfer's), or one ConfigError line when the set has no such material.
+    Sets of real paintings (``style_folders``) have a material but no painter (None)."""
     extra = get_dataset(cfg.data.name, "data.name").extra
     if "art_material" not in extra:
-        raise ConfigError(f"config: data.name: {cfg.data.name} has no procedural artists "
-                          f"(the judge and its scores need data.name=procedural_art)")
-    return extra["art_material"](cfg.data), extra["paint"], ARTISTS, SCENES
+        raise ConfigError(f"config: data.name: {cfg.data.name} has no photos and paintings for style transfer "
+                          f"(data.name=procedural_art or style_folders)")
+    material = extra["art_material"](cfg.data)
+    return material, extra.get("paint"), material.artists, material.scenes
 
 
 @lru_cache(maxsize=4)
