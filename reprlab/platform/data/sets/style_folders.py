@@ -26,7 +26,7 @@ preparation is [unverified]; ECCV'18 rescaled photos and cut random 768-px crops
   ``image_size`` x U(1, ``max_scale``), then a uniformly placed ``image_size`` square;
 - ``val`` / ``test``: that hold-out / the test photos, at most ``eval_images`` of each (a seeded
   choice), scaled to a shorter side of ``image_size`` and cut in the centre;
-- ``hd``: the first ``hd_images`` test photos the same way at ``hd_side``;
+- ``hd``: ``hd_images`` test photos (a seeded choice) the same way at ``hd_side``;
 - ``paintings(artist)``: the artist's paintings, ``crops_per_image`` seeded crops each, scene and
   object class unknown (-1);
 - no ``unseen`` pool and no painter: real paintings have no rendering of a given photo, so the
@@ -266,7 +266,7 @@ def _folder_material(root: str, side: int, artist: str, test_fraction: float, va
                     np.asarray(train.labels)[content].astype(np.int64), side),
         "val": centre(capped(train_file[val]), side),
         "test": centre(capped(test_file), side),
-        "hd": centre(test_file[:hd_images], hd_side),
+        "hd": centre(np.sort(rng.choice(test_file, min(hd_images, len(test_file)), replace=False)), hd_side),
     }
     return FolderMaterial(paths, pools, len(train) + len(test) + np.arange(len(paintings), dtype=np.int64),
                           (artist,), tuple(names), crops, max_scale, seed)
