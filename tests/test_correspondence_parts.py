@@ -156,6 +156,27 @@ def test_feature_net_outputs_unit_descriptors_at_stride_4_and_reports_mixtures()
     assert len(weights) == 2 and all(w.shape == (4,) for w in weights.values())
 
 
+@pytest.mark.parametrize("head,branch", [("msconv", "dilated"), ("msconv", "strided"), ("plain_rf", "dilated")])
+def test_replicate_padding_leaves_no_trace_of_position_on_a_uniform_image(head, branch):
+    """A constant image has one descriptor everywhere when every convolution replicates its border;
+    with zero padding the border cells differ (the position cue that made synthcorr's mining match
+    background cells to their own place). Catches a trunk conv, a plain-head conv or an MSConv
+    branch left at zero padding."""
+    torch.manual_seed(6)
+    x = torch.full((1, 3, 32, 32), 0.7)
+    spread = {}
+    for padding in ("zeros", "replicate"):
+        torch.manual_seed(6)
+        net = build_feature_net(width=4, dim=16, blocks=2, head=head, branch=branch, padding=padding).eval()
+        with torch.no_grad():
+            for w in net.parameters():  # positive weights: no layer's ReLU can zero the whole map
+                w.abs_()
+            y = net(x)[0].flatten(1)
+        spread[padding] = float((y - y[:, :1]).abs().max())
+    assert spread["replicate"] < 1e-6, spread  # float32 rounding of unit vectors is ~1e-7
+    assert spread["zeros"] > 1e-4, spread
+
+
 # ---- mining -----------------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import subprocess
 import time
@@ -338,8 +339,10 @@ def format_table(agg: list[dict[str, Any]], metrics: tuple[Metric, ...] = RETRIE
                                          for k in deltas] + ["wall s/run"]
     lines = ["| method | seeds | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for a in agg:
-        cells = [f"{a[f'{m.key}_mean']:.{m.digits}f} +- {a[f'{m.key}_std']:.{m.digits}f}" for m in metrics]
-        cells += [f"{a[f'{k}_mean'] - base[f'{k}_mean']:+.{by_key[k].digits}f}" for k in deltas]
+        cells = [f"{a[f'{m.key}_mean']:.{m.digits}f} +- {a[f'{m.key}_std']:.{m.digits}f}"
+                 if math.isfinite(a[f"{m.key}_mean"]) else "-" for m in metrics]  # "-": the variant does not measure it
+        diffs = [a[f"{k}_mean"] - base[f"{k}_mean"] for k in deltas]
+        cells += [f"{d:+.{by_key[k].digits}f}" if math.isfinite(d) else "-" for k, d in zip(deltas, diffs)]
         cells.append(f"{a['wall_s']:.0f}" if a["wall_s"] is not None else "n/a")
         lines.append(f"| {a['variant']} | {a['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

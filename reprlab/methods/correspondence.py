@@ -65,6 +65,7 @@ from reprlab.platform.nn.matching import (
 from reprlab.platform.nn.msconv import build_feature_net
 
 PHASES = ("init", "warmup", "features", "flow")
+FLOW_METRICS = ("pck@0.05", "pck@0.1", "pck@0.15", "epe", "mask_iou")  # what the evaluated flow and masks decide
 METRICS = ("pck@0.05", "pck@0.1", "pck@0.15", "nn_pck@0.1", "epe", "mask_iou", "mask_iou_all_fg",
            "mined_precision", "mined_count", "raw_precision", "raw_count", "stereo_pck@0.02", "stereo_pck@0.05")
 
@@ -87,6 +88,8 @@ class CorrespondenceConfig(MethodConfig):
     branch: Literal["dilated", "strided"] = "dilated"
     mixture: Literal["channel", "layer"] = "channel"
     fixed_uniform: bool = Field(False, description="the mixture stays uniform (not learned)")
+    padding: Literal["zeros", "replicate"] = Field(
+        "zeros", description="how the feature net's convolutions pad (zeros lets descriptors encode position)")
     # mining and the feature loss
     geometric: bool = Field(True, description="RANSAC-affine filter of the mutual nearest neighbours (false: raw)")
     tau: float = Field(0.05, gt=0, description="the spec's tau_px: RANSAC inlier distance, a fraction of the image side")
@@ -294,7 +297,7 @@ class Correspondence(Method):
     def build(self) -> None:
         c, ctx = self.cfg, self.ctx
         self.side = ctx.cfg.data.image_size
-        self.phase = "init"
+        self.phase, self.epoch = "init", 0
         self.round = -1  # the mining round the cache holds
         self.pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # uint8 A, B, category
         self._pool_round = -1
@@ -308,7 +311,7 @@ class Correspondence(Method):
         m = ctx.cfg.model
         torch.manual_seed(ctx.cfg.experiment.seed)  # identical initial weights on every rank
         features = build_feature_net(m.backbone, m.width, m.pretrained, m.embed_dim, c.blocks, c.head, c.dilations,
-                                     c.shared_kernel, c.branch, c.mixture, c.fixed_uniform, m.freeze_bn)
+                                     c.shared_kernel, c.branch, c.mixture, c.fixed_uniform, m.freeze_bn, c.padding)
         net = CorrespondenceNet(features, ctx.data.num_classes)
         flow = fl.SemanticFlowNet(m.embed_dim, c.flow_width, c.topk)
         if ctx.is_main:
@@ -347,7 +350,7 @@ class Correspondence(Method):
     def on_epoch_start(self, epoch: int) -> None:
         if self.cfg.baseline != "none":
             return
-        phase = self.phase_of(epoch)
+        phase, self.epoch = self.phase_of(epoch), epoch
         if phase != self.phase and self.ctx.is_main:
             say(f"[reprlab] correspondence: epoch {epoch}: {phase} phase")
         self.phase = phase
@@ -553,6 +556,8 @@ class Correspondence(Method):
         return self._eval[split]
 
     def evaluate(self, split: str) -> dict[str, float]:
+        if self.phase == "warmup" and self.epoch < self.cfg.warmup_epochs:
+            return {}  # warm-up epochs before the last are not evaluated: the classifier is not a matcher yet
         pairs = self._pairs(split)
         result = self._evaluate(split, pairs) if self.ctx.is_main else None
         return self.ctx.broadcast(result)  # rank 0 computes, every rank returns the same
@@ -635,7 +640,18 @@ class Correspondence(Method):
             out |= self._stereo()
         if split == "test":
             self._figures(pairs, flow, masks, flow_ba, pred)
+        if self._flow_untrained():
+            out = {k: v for k, v in out.items() if k not in FLOW_METRICS}
         return {k: v for k, v in out.items() if math.isfinite(v)}  # what the set or the variant cannot measure is left out
+
+    def _flow_untrained(self) -> bool:
+        """Whether this is a warm-up or feature epoch of a run whose evaluated flow is a flow net that
+        has yet to train: its flow metrics would be the untrained net's (the soft-argmax of the
+        features), so they are left out and the reported epoch is chosen among the flow epochs (and
+        epoch 0, the untrained start, keeps them)."""
+        c = self.cfg
+        return (c.baseline == "none" and c.flow == "net" and c.flow_epochs > 0
+                and self.phase in ("warmup", "features"))
 
     @torch.no_grad()
     def _stereo(self) -> dict[str, float]:

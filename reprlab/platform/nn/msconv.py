@@ -17,10 +17,16 @@ hence options:
 - ``branch="strided"``: branch k is a 3 x 3 convolution with stride d_k (padding 1), bilinearly
   upsampled (``align_corners=False``) back to the input's size, instead of a dilated one.
 - One bias, added after the mixture (a convex mix of per-branch biases is one bias anyway).
+- ``padding_mode``: ``"zeros"`` (PyTorch's default) or ``"replicate"`` (the border pixels repeated).
 
 The feature net (:func:`build_feature_net`): a trunk to stride 4 (SmallCNN's first three stages on
 the CPU; a ResNet's stem and ``layer1`` for the paper preset), ``blocks`` x [MSConv, BatchNorm,
-ReLU] at the trunk's width, a 1 x 1 projection to ``dim`` and per-pixel L2 normalization. For the
+ReLU] at the trunk's width, a 1 x 1 projection to ``dim`` and per-pixel L2 normalization. Every
+padded convolution of the net pads with ``padding`` (:data:`PADDINGS`): zero padding lets a net's
+descriptors encode where a cell is in the image (the border is the only place the input is known
+to be 0), and on synthcorr's pairs, whose backgrounds are unrelated photos, that made most mined
+matches background cells matched to their own position (BENCHMARKS (o)); ``"replicate"`` removes
+most of that cue. For the
 ablation the MSConv blocks are replaced by plain 3 x 3 convolutions, either matched in parameter
 count (same depth, the width derived) or in receptive field (same width, the depth derived); both
 are derived from :func:`count_parameters` and :func:`receptive_field`, not tuned by hand.
@@ -47,6 +53,7 @@ from reprlab.platform.nn.backbones import (
 BRANCHES = ("dilated", "strided")
 MIXTURES = ("layer", "channel")
 HEADS = ("msconv", "plain_params", "plain_rf")
+PADDINGS = ("zeros", "replicate")
 TRUNK_STRIDE = 4
 
 
@@ -56,8 +63,11 @@ class MSConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, dilations: Sequence[int] = (1, 2, 4, 8), *,
                  shared_kernel: bool = False, branch: str = "dilated", mixture: str = "channel",
-                 fixed_uniform: bool = False, bias: bool = True) -> None:
+                 fixed_uniform: bool = False, bias: bool = True, padding_mode: str = "zeros") -> None:
         super().__init__()
+        if padding_mode not in PADDINGS:
+            raise ConfigError(f"config: msconv padding must be one of {PADDINGS}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         if branch not in BRANCHES:
             raise ConfigError(f"config: msconv branch must be one of {BRANCHES}, got {branch!r}")
         if mixture not in MIXTURES:
@@ -87,11 +97,19 @@ class MSConv(nn.Module):
         """Branch k alone, without bias: a dilated convolution, or a strided one upsampled back."""
         d = self.dilations[k]
         if self.branch == "dilated":
-            return F.conv2d(x, self.kernel(k), None, padding=d, dilation=d)
-        y = F.conv2d(x, self.kernel(k), None, stride=d, padding=1)
+            if self.padding_mode == "zeros":
+                return F.conv2d(x, self.kernel(k), None, padding=d, dilation=d)
+            return F.conv2d(self._pad(x, d), self.kernel(k), None, dilation=d)
+        if self.padding_mode == "zeros":
+            y = F.conv2d(x, self.kernel(k), None, stride=d, padding=1)
+        else:
+            y = F.conv2d(self._pad(x, 1), self.kernel(k), None, stride=d)
         if y.shape[-2:] != x.shape[-2:]:
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return y
+
+    def _pad(self, x: torch.Tensor, p: int) -> torch.Tensor:
+        return F.pad(x, (p, p, p, p), mode=self.padding_mode)
 
     def mixture_weights(self) -> torch.Tensor:
         """softmax(a) over the branches as K x C_out (a ``"layer"`` mixture repeated per channel);
@@ -114,7 +132,8 @@ class MSConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, dilations={self.dilations}, branch={self.branch}, "
-                f"mixture={self.mixture}, shared_kernel={self.shared_kernel}, fixed_uniform={self.fixed_uniform}")
+                f"mixture={self.mixture}, shared_kernel={self.shared_kernel}, fixed_uniform={self.fixed_uniform}, "
+                f"padding_mode={self.padding_mode}")
 
 
 # ---- parameter counts and receptive fields ----------------------------------------------------------
@@ -308,10 +327,14 @@ def build_trunk(backbone: str = "small_cnn", width: int = 16, pretrained: str = 
 def build_feature_net(backbone: str = "small_cnn", width: int = 16, pretrained: str = "none", dim: int = 64,
                       blocks: int = 2, head: str = "msconv", dilations: Sequence[int] = (1, 2, 4, 8),
                       shared_kernel: bool = False, branch: str = "dilated", mixture: str = "channel",
-                      fixed_uniform: bool = False, freeze_bn: bool | None = None) -> DenseFeatureNet:
+                      fixed_uniform: bool = False, freeze_bn: bool | None = None, padding: str = "zeros"
+                      ) -> DenseFeatureNet:
     """The feature net: trunk, then ``blocks`` MSConv blocks (``head="msconv"``) or the plain
     ablation heads derived to match them (``plain_params`` / ``plain_rf``, from the same MSConv
-    options), 1 x 1 projection to ``dim``, L2 normalization."""
+    options), 1 x 1 projection to ``dim``, L2 normalization; every padded convolution pads with
+    ``padding`` (``zeros`` or ``replicate``)."""
+    if padding not in PADDINGS:
+        raise ConfigError(f"config: feature net padding must be one of {PADDINGS}, got {padding!r}")
     if head not in HEADS:
         raise ConfigError(f"config: feature head must be one of {HEADS}, got {head!r}")
     if blocks < 1:
@@ -320,6 +343,11 @@ def build_feature_net(backbone: str = "small_cnn", width: int = 16, pretrained: 
     opts = dict(dilations=dilations, shared_kernel=shared_kernel, branch=branch, mixture=mixture,
                 fixed_uniform=fixed_uniform)
     if head == "msconv":
-        return DenseFeatureNet(trunk, msconv_head(channels, blocks, **opts), channels, dim)
-    match = match_plain_head(head, channels, blocks, dim, **opts)
-    return DenseFeatureNet(trunk, plain_head(channels, match.width, match.depth), match.width, dim, match)
+        net = DenseFeatureNet(trunk, msconv_head(channels, blocks, padding_mode=padding, **opts), channels, dim)
+    else:
+        match = match_plain_head(head, channels, blocks, dim, **opts)
+        net = DenseFeatureNet(trunk, plain_head(channels, match.width, match.depth), match.width, dim, match)
+    for conv in net.modules():  # the trunk's and the plain heads' convolutions (MSConv pads itself)
+        if isinstance(conv, nn.Conv2d) and any(conv.padding):
+            conv.padding_mode = padding
+    return net
