@@ -264,3 +264,19 @@ def _spec_file(tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump({"name": "p", "base": "margin/glyphs",
                                     "space": {"optim.lr": {"type": "logfloat", "low": 1e-4, "high": 1e-2}}}))
     return path
+
+
+def test_epochs_a_method_marks_unselectable_are_not_reported_nor_count_as_the_best_val():
+    # epochs 1-2 carry a better val than the selectable epochs 3-4 (the dense-correspondence
+    # method's feature epochs, before its flow net trains): the summary reports epoch 4, and
+    # best_val (which decides eval.test=on_improvement) ignores them. Catches the flag ignored.
+    rows = [_row(0, 0.1, 0.1), _row(1, 0.9, 0.9), _row(2, 0.8, 0.8), _row(3, 0.3, 0.3), _row(4, 0.4, 0.5)]
+    for r in rows[1:3]:
+        r["method/selectable"] = 0.0
+    for r in rows[3:]:
+        r["method/selectable"] = 1.0
+    s = make_summary(rows, MARGIN, "map@r")
+    assert (s["selected_epoch"], s["best_test_epoch"]) == (4, 4) and s["test"] == dict.fromkeys(TEST_KEYS, 0.5)
+    assert best_val(rows, "map@r", False) == 0.4
+    # a run stopped before any selectable epoch still reports its best trained one
+    assert make_summary(rows[:3], MARGIN, "map@r")["selected_epoch"] == 1

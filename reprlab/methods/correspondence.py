@@ -65,7 +65,6 @@ from reprlab.platform.nn.matching import (
 from reprlab.platform.nn.msconv import build_feature_net
 
 PHASES = ("init", "warmup", "features", "flow")
-FLOW_METRICS = ("pck@0.05", "pck@0.1", "pck@0.15", "epe", "mask_iou")  # what the evaluated flow and masks decide
 METRICS = ("pck@0.05", "pck@0.1", "pck@0.15", "nn_pck@0.1", "epe", "mask_iou", "mask_iou_all_fg",
            "mined_precision", "mined_count", "raw_precision", "raw_count", "stereo_pck@0.02", "stereo_pck@0.05")
 
@@ -297,7 +296,7 @@ class Correspondence(Method):
     def build(self) -> None:
         c, ctx = self.cfg, self.ctx
         self.side = ctx.cfg.data.image_size
-        self.phase, self.epoch = "init", 0
+        self.phase = "init"
         self.round = -1  # the mining round the cache holds
         self.pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # uint8 A, B, category
         self._pool_round = -1
@@ -350,7 +349,7 @@ class Correspondence(Method):
     def on_epoch_start(self, epoch: int) -> None:
         if self.cfg.baseline != "none":
             return
-        phase, self.epoch = self.phase_of(epoch), epoch
+        phase = self.phase_of(epoch)
         if phase != self.phase and self.ctx.is_main:
             say(f"[reprlab] correspondence: epoch {epoch}: {phase} phase")
         self.phase = phase
@@ -539,7 +538,7 @@ class Correspondence(Method):
             self._draw_pool(self.round)  # the pool's images are a function of (seed, round)
 
     def epoch_metrics(self) -> dict[str, float]:
-        out = {"phase": float(PHASES.index(self.phase))}
+        out = {"phase": float(PHASES.index(self.phase)), "selectable": float(not self._flow_untrained())}
         if self.mining_history:
             _, prec, count, raw_prec, raw_count, pool = self.mining_history[-1]
             out |= {"mined_count": pool, "val_mined_precision": prec, "val_mined_count": count,
@@ -556,8 +555,6 @@ class Correspondence(Method):
         return self._eval[split]
 
     def evaluate(self, split: str) -> dict[str, float]:
-        if self.phase == "warmup" and self.epoch < self.cfg.warmup_epochs:
-            return {}  # warm-up epochs before the last are not evaluated: the classifier is not a matcher yet
         pairs = self._pairs(split)
         result = self._evaluate(split, pairs) if self.ctx.is_main else None
         return self.ctx.broadcast(result)  # rank 0 computes, every rank returns the same
@@ -640,15 +637,12 @@ class Correspondence(Method):
             out |= self._stereo()
         if split == "test":
             self._figures(pairs, flow, masks, flow_ba, pred)
-        if self._flow_untrained():
-            out = {k: v for k, v in out.items() if k not in FLOW_METRICS}
         return {k: v for k, v in out.items() if math.isfinite(v)}  # what the set or the variant cannot measure is left out
 
     def _flow_untrained(self) -> bool:
         """Whether this is a warm-up or feature epoch of a run whose evaluated flow is a flow net that
-        has yet to train: its flow metrics would be the untrained net's (the soft-argmax of the
-        features), so they are left out and the reported epoch is chosen among the flow epochs (and
-        epoch 0, the untrained start, keeps them)."""
+        has yet to train: its flow metrics are the untrained net's (the soft-argmax of the features),
+        so the epoch is reported as not selectable and the summary's epoch is one of the flow epochs."""
         c = self.cfg
         return (c.baseline == "none" and c.flow == "net" and c.flow_epochs > 0
                 and self.phase in ("warmup", "features"))

@@ -28,7 +28,7 @@ from reprlab.platform.contract.context import Context
 from reprlab.platform.contract.context import load_run_data
 from reprlab.platform.core.errors import CheckpointError, NonFiniteLossError
 from reprlab.platform.core.registry import METHODS
-from reprlab.platform.run.results import make_summary, write_metrics_table
+from reprlab.platform.run.results import make_summary, selectable, write_metrics_table
 from reprlab.platform.core.storage import Location, resolve
 from reprlab.platform.run.telemetry import Telemetry
 from reprlab.platform.run.tracking import Tracking
@@ -312,9 +312,11 @@ def is_eval_epoch(epoch: int, cfg: ExperimentConfig) -> bool:
 
 
 def best_val(history: list[dict[str, Any]], metric: str, lower_is_better: bool) -> float | None:
-    """The best ``val/<metric>`` over the trained epochs (>= 1) of ``history`` (None before any)."""
+    """The best ``val/<metric>`` over the trained, selectable epochs (>= 1) of ``history`` (None
+    before any)."""
     values = [float(r[f"val/{metric}"]) for r in history
-              if r["epoch"] > 0 and r.get(f"val/{metric}") is not None and not math.isnan(r[f"val/{metric}"])]
+              if r["epoch"] > 0 and selectable(r) and r.get(f"val/{metric}") is not None
+              and not math.isnan(r[f"val/{metric}"])]
     if not values:
         return None
     return min(values) if lower_is_better else max(values)

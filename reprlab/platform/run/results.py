@@ -62,17 +62,30 @@ def _value(row: dict[str, Any], key: str) -> float | None:
     return None if math.isnan(v) else v
 
 
+SELECTABLE = "method/selectable"
+
+
+def selectable(row: dict[str, Any]) -> bool:
+    """Whether an epoch may be the reported one: a method marks epochs that must not be by
+    reporting ``selectable: 0`` among its ``epoch_metrics`` (e.g. the dense-correspondence
+    method's epochs before its flow net trains); rows without the key are selectable."""
+    return _value(row, SELECTABLE) != 0.0
+
+
 def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_metric: str) -> dict[str, Any]:
     """``initial`` (epoch 0), ``test`` at the best validation epoch, ``best_test`` (the epoch with
     the best test headline metric of the method, R@1 for DML, as the papers report), and the
     resolved ``config``. Metrics the method minimizes (losses, distances) count lower as better.
-    Only epochs that evaluated the split take part (``eval.every``, ``eval.test``); of equal
-    values the first epoch wins (``eval.test=on_improvement`` evaluates test exactly there)."""
+    Only epochs that evaluated the split take part (``eval.every``, ``eval.test``), and only
+    :func:`selectable` ones while there are any; of equal values the first epoch wins
+    (``eval.test=on_improvement`` evaluates test exactly there)."""
     from reprlab.platform.core.registry import METHODS
 
     method = METHODS.get(config["method"]["name"])
     sign = {m: -1.0 if m in method.lower_is_better else 1.0 for m in (selection_metric, method.headline_metric)}
-    first, trained = rows[0], [r for r in rows if r["epoch"] > 0] or rows
+    first = rows[0]
+    trained = ([r for r in rows if r["epoch"] > 0 and selectable(r)] or [r for r in rows if r["epoch"] > 0]
+               or rows)
 
     def having(key: str) -> list[dict[str, Any]]:  # trained rows with the metric, else any row with it
         return ([r for r in trained if _value(r, key) is not None]
