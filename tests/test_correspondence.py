@@ -185,6 +185,7 @@ def test_resume_does_not_re_mine_and_equals_the_uninterrupted_run(straight, tmp_
 @pytest.mark.parametrize("sets, fragment", [
     (["method.head=resnet"], "method.head"),
     (["method.flow=optical"], "method.flow"),
+    (["method.padding=reflect"], "method.padding"),
     (["train.epochs=5"], "the phases (method.warmup_epochs + feature_epochs + flow_epochs) add up to 4 epochs"),
     (["data.image_size=32"], "synthcorr images are data.synthcorr.side=64 px"),
     (["data.name=glyphs"], "needs keypoints"),

@@ -97,19 +97,17 @@ class MSConv(nn.Module):
         """Branch k alone, without bias: a dilated convolution, or a strided one upsampled back."""
         d = self.dilations[k]
         if self.branch == "dilated":
-            if self.padding_mode == "zeros":
-                return F.conv2d(x, self.kernel(k), None, padding=d, dilation=d)
-            return F.conv2d(self._pad(x, d), self.kernel(k), None, dilation=d)
-        if self.padding_mode == "zeros":
-            y = F.conv2d(x, self.kernel(k), None, stride=d, padding=1)
-        else:
-            y = F.conv2d(self._pad(x, 1), self.kernel(k), None, stride=d)
+            return self._conv(x, k, d, dilation=d)
+        y = self._conv(x, k, 1, stride=d)
         if y.shape[-2:] != x.shape[-2:]:
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return y
 
-    def _pad(self, x: torch.Tensor, p: int) -> torch.Tensor:
-        return F.pad(x, (p, p, p, p), mode=self.padding_mode)
+    def _conv(self, x: torch.Tensor, k: int, pad: int, **conv: int) -> torch.Tensor:
+        """Kernel k over ``x`` padded by ``pad`` on each side (zeros by the convolution itself)."""
+        if self.padding_mode == "zeros":
+            return F.conv2d(x, self.kernel(k), None, padding=pad, **conv)
+        return F.conv2d(F.pad(x, (pad,) * 4, mode=self.padding_mode), self.kernel(k), None, **conv)
 
     def mixture_weights(self) -> torch.Tensor:
         """softmax(a) over the branches as K x C_out (a ``"layer"`` mixture repeated per channel);
