@@ -38,9 +38,17 @@ def _spawned(rank: int, world: int, init: str, fn, args, errors) -> None:
         fn(rank, world, *args)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
-        raise
-    finally:
         dist.destroy_process_group()
+        raise
+    # Teardown: both ranks pass a barrier before either tears its group down, and the process then
+    # ends without interpreter finalization. A clean-clone CI run once lost a passing rank to
+    # SIGABRT ("terminate called without an active exception") here: gloo's C++ threads outlived
+    # the group while the interpreter shut down, after the test's own checks had passed.
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_group(fn, *args, world: int = 2) -> None:
