@@ -129,6 +129,24 @@ def test_each_phase_starts_at_its_epoch_and_the_flow_phase_freezes_the_features(
     assert any(not torch.equal(a, p) for a, p in zip(before, joint.features.parameters())), "joint: features fine-tune"
 
 
+def test_the_flow_net_on_the_affine_fit_starts_at_the_affine_baseline_and_then_departs_from_it():
+    refine, fit = _method("method.flow_init=affine"), _method("method.flow=affine", "method.flow_epochs=0",
+                                                              "train.epochs=3")
+    _train(refine, range(1, 4))  # warm-up and features (the same seed: the same features as `fit`'s)
+    _train(fit, range(1, 4))
+    pairs = refine._pairs("test")
+    fa, fb = refine._describe(pairs.img_a), refine._describe(pairs.img_b)
+    assert torch.equal(fb, fit._describe(pairs.img_b))
+    untrained, _, _ = refine._flow_and_masks(pairs, fa, fb)
+    affine, _, _ = fit._flow_and_masks(pairs, fa, fb)
+    assert affine.abs().amax() > 1.0, "the fit moves points (not the identity)"
+    # every pixel, the borders included: the fit at full resolution plus a zero residual
+    assert torch.allclose(untrained, affine, atol=1e-4), (untrained - affine).abs().amax()
+    _train(refine, [4])  # the flow epoch: the residual learns from the mined matches
+    trained, _, _ = refine._flow_and_masks(pairs, fa, fb)
+    assert (trained - affine).abs().amax() > 1e-3
+
+
 def test_mining_happens_only_at_re_mining_epochs(monkeypatch):
     calls = []
     original = corr.Correspondence.mine
@@ -242,8 +260,10 @@ def test_two_ray_workers_equal_the_in_process_run(ray_session, tmp_path):
     run mines once, on the initial weights (no warm-up): mutual NN and RANSAC are discontinuous, so
     a mining after steps that differ in the last float bit (DDP's gradient average against one
     process's sum) may keep a different match (measured: 5.6 against 5.8 matches per pair after a
-    warm-up epoch whose logged loss agreed to 5 digits), and the runs then part."""
-    sets = TINY + ["method.warmup_epochs=0", "method.remine_every=3", "train.epochs=3"]
+    warm-up epoch whose logged loss agreed to 5 digits), and the runs then part. The flow net refines
+    the affine fit (each rank fits its own rows of the global batch's matches: the one rank-specific
+    step of the flow phase)."""
+    sets = TINY + ["method.warmup_epochs=0", "method.remine_every=3", "train.epochs=3", "method.flow_init=affine"]
     local = run_training(load_config("correspondence/synthcorr", sets), tmp_path / "local")
     ray2 = run_training(load_config("correspondence/synthcorr", sets + ["scaling.num_workers=2"]), tmp_path / "ray")
     for key in ("pck@0.1", "nn_pck@0.1", "epe", "mined_count"):

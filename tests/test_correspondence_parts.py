@@ -41,11 +41,13 @@ from reprlab.platform.nn.flownet import (
 from reprlab.platform.nn.matching import (
     Matches,
     affine_flow,
+    apply_affine,
     cell_centers,
     contrastive_loss,
     fit_affine,
     fit_tps,
     hardest_negatives,
+    invert_affine,
     match_contrastive_loss,
     mine_matches,
     mutual_nn,
@@ -399,6 +401,25 @@ def test_flow_net_starts_at_the_soft_argmax_flow_in_both_directions():
     assert corr.shape == (2, 64, 8, 8) and torch.allclose(corr[0, 9, 3, 5], (fb[0, :, 1, 1] * fa[0, :, 3, 5]).sum())
     out.flow_ab.sum().backward()
     assert net.log_temperature.grad is not None
+
+
+def test_flow_net_refining_a_given_flow_returns_it_untrained_and_inverse_affines_undo_their_map():
+    gen = torch.Generator().manual_seed(14)
+    fa, fb = _unit(2, 8, 8, 8, gen=gen), _unit(2, 8, 8, 8, gen=gen)
+    theta = torch.tensor([[[1.1, 0.2, 3.0], [-0.1, 0.9, -2.0]], [[0.8, 0.0, 5.0], [0.1, 1.2, 1.0]]])
+    p = torch.rand(2, 20, 2, generator=gen) * 32
+    assert torch.allclose(apply_affine(invert_affine(theta), apply_affine(theta, p)), p, atol=1e-4)
+    init_ab, init_ba = affine_flow(theta, 8, 8, 4.0), affine_flow(invert_affine(theta), 8, 8, 4.0)
+    net = SemanticFlowNet(8, width=8, topk=4, init_input=True)
+    out = net(fa, fb, (32, 32), init_ab, init_ba)
+    # an untrained net adds nothing to the flow it refines, in both directions (not the soft-argmax)
+    assert torch.allclose(out.flow_ab, init_ab, atol=1e-5) and torch.allclose(out.flow_ba, init_ba, atol=1e-5)
+    with torch.no_grad():
+        net.out.bias.copy_(torch.tensor([0.25, -0.5, 0.0]))  # a residual of (0.25, -0.5) normalized units
+    moved = net(fa, fb, (32, 32), init_ab, init_ba).flow_ab - init_ab
+    assert torch.allclose(moved, torch.tensor([4.0, -8.0]).view(1, 2, 1, 1).expand_as(moved), atol=1e-5)
+    with pytest.raises(ValueError, match="starting flow"):
+        net(fa, fb, (32, 32))
 
 
 def test_flow_losses_by_hand():

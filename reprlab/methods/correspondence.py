@@ -12,7 +12,9 @@ category.
           negatives = hardest cells of B farther than r_neg x side from the match
           L_feat = y d^2 + (1 - y) relu(m - d)^2            (contrastive, mined positives)
     3 flow (``flow_epochs``): the flow net on the correlation of A and B (features frozen, or
-      fine-tuned with ``joint``), both directions, on the same mined pools:
+      fine-tuned with ``joint``), both directions, on the same mined pools; it refines the
+      soft-argmax of the correlation, or (``flow_init: affine``) the pair's affine fit to its
+      mined matches:
           L_flow = Charbonnier(p + u(p) - q) on mined matches + w_s edge-aware TV(u)
                  + w_f (1 - cos(f_A(p), f_B(p + u(p)))) on predicted foreground
                  + w_m BCE(mask_A(p), mask_B(p + u(p))) + w_a (mean(mask) - prior)^2
@@ -54,8 +56,10 @@ from reprlab.platform.nn import flownet as fl
 from reprlab.platform.nn.matching import (
     Matches,
     affine_flow,
+    fit_affine,
     fit_tps,
     hardest_negatives,
+    invert_affine,
     match_contrastive_loss,
     mine_matches,
     ransac_affine,
@@ -102,6 +106,9 @@ class CorrespondenceConfig(MethodConfig):
     flow: Literal["net", "nn", "affine", "tps", "identity"] = Field(
         "net", description="the evaluated dense flow: the flow net, the descriptors' argmax, or fits to mined matches")
     flow_width: int = Field(32, ge=4)
+    flow_init: Literal["soft_argmax", "affine"] = Field(
+        "soft_argmax", description="what the flow net refines: the correlation's soft-argmax, or the pair's affine "
+        "fit to its mined matches (an untrained net then gives the affine baseline's flow)")
     topk: int = Field(8, ge=1)
     w_s: float = Field(0.1, ge=0, description="edge-aware TV")
     w_f: float = Field(1.0, ge=0, description="feature consistency on predicted foreground")
@@ -312,7 +319,7 @@ class Correspondence(Method):
         features = build_feature_net(m.backbone, m.width, m.pretrained, m.embed_dim, c.blocks, c.head, c.dilations,
                                      c.shared_kernel, c.branch, c.mixture, c.fixed_uniform, m.freeze_bn, c.padding)
         net = CorrespondenceNet(features, ctx.data.num_classes)
-        flow = fl.SemanticFlowNet(m.embed_dim, c.flow_width, c.topk)
+        flow = fl.SemanticFlowNet(m.embed_dim, c.flow_width, c.topk, init_input=c.flow_init == "affine")
         if ctx.is_main:
             match = f", matched to MSConv: width {features.match.width}, depth {features.match.depth}" if features.match else ""
             say(f"[reprlab] correspondence: {c.head} head{match}, {sum(p.numel() for p in features.parameters()):,} "
@@ -493,17 +500,25 @@ class Correspondence(Method):
         self.opt_features.step()
         return {"loss": loss.item(), "matches": m.count().float().mean().item()}
 
+    def _affine_init(self, theta: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flows A -> B and B -> A (pixels, on the h x w map) of affine maps A -> B."""
+        stride = self.side / w
+        return affine_flow(theta, h, w, stride).float(), affine_flow(invert_affine(theta), h, w, stride).float()
+
     def _flow_step(self, batch: PairBatch) -> dict[str, float]:
-        c, ctx, size = self.cfg, self.ctx, (self.side, self.side)
+        c, ctx, size, m = self.cfg, self.ctx, (self.side, self.side), batch.matches
         with torch.set_grad_enabled(c.joint):
             fa_l, fb_l = self.net(normalize_input(batch.img_a)), self.net(normalize_input(batch.img_b))
-        out = self.flow_net(fa_l, fb_l, size)
+        init = ()
+        if c.flow_init == "affine":  # the global batch's cached matches (RANSAC inliers): their LS fit, this rank's rows
+            theta, _ = fit_affine(m.pos_a, m.pos_b, m.valid.to(m.pos_a.dtype))
+            init = self._affine_init(theta[ctx.share()], *fa_l.shape[-2:])
+        out = self.flow_net(fa_l, fb_l, size, *init)
         g = ctx.gather
         fa, fb = g(fa_l), g(fb_l)
         flow = torch.cat([g(out.flow_ab), g(out.flow_ba)])  # both directions of the global batch
         logit_src, logit_dst = torch.cat([g(out.logit_a), g(out.logit_b)]), torch.cat([g(out.logit_b), g(out.logit_a)])
         guide = torch.cat([g(batch.img_a), g(batch.img_b)])
-        m = batch.matches
         terms = {
             "charbonnier": fl.charbonnier_match_loss(flow, torch.cat([m.pos_a, m.pos_b]), torch.cat([m.pos_b, m.pos_a]),
                                                      torch.cat([m.valid, m.valid]), size),
@@ -570,15 +585,28 @@ class Correspondence(Method):
         when it did not train) and its flow B -> A at full resolution (for warp.png)."""
         c, size, n = self.cfg, (self.side, self.side), len(pairs)
         kind = "identity" if c.baseline == "identity" else ("nn" if c.baseline == "raw_pixels" else c.flow)
-        masks = flow_ba = None
+        masks = flow_ba = theta = None
+        refines = self.flow_net is not None and c.flow_init == "affine"  # the flow net refines the affine fit
+        if kind == "affine" or refines:
+            m = self._mine(fa, fb, 0xF17, c.geometric)
+            theta, _ = ransac_affine(m.pos_a, m.pos_b, m.valid, c.tau * self.side, c.hypotheses,
+                                     torch.Generator().manual_seed(self.ctx.seed(0xAFF)))
         if self.flow_net is not None:
             net = unwrap(self.flow_net)
             net.eval()
-            outs = [net(fa[i : i + 64].to(self.ctx.device), fb[i : i + 64].to(self.ctx.device), size)
-                    for i in range(0, n, 64)]
+            dev, outs, inits = self.ctx.device, [], []
+            for i in range(0, n, 64):
+                init = () if not refines else tuple(t.to(dev) for t in self._affine_init(theta[i : i + 64], *fa.shape[-2:]))
+                outs.append(net(fa[i : i + 64].to(dev), fb[i : i + 64].to(dev), size, *init))
+                inits.append(init)
             net.train()
             up = lambda t: F.interpolate(torch.cat(t).float().cpu(), size=size, mode="bilinear", align_corners=False)  # noqa: E731
-            net_ab, flow_ba = up([o.flow_ab for o in outs]), up([o.flow_ba for o in outs])
+            if not refines:
+                net_ab, flow_ba = up([o.flow_ab for o in outs]), up([o.flow_ba for o in outs])
+            else:  # the fit at full resolution plus the upsampled residual (an untrained net: the fit exactly)
+                net_ab = affine_flow(theta, *size).float() + up([o.flow_ab - i[0] for o, i in zip(outs, inits)])
+                flow_ba = (affine_flow(invert_affine(theta), *size).float()
+                           + up([o.flow_ba - i[1] for o, i in zip(outs, inits)]))
             if c.flow_epochs > 0 or c.baseline == "random_init":  # masks of a flow net that trains (or the floor)
                 masks = (up([o.logit_a for o in outs])[:, 0] > 0, up([o.logit_b for o in outs])[:, 0] > 0)
         if kind == "net":
@@ -588,16 +616,13 @@ class Correspondence(Method):
         elif kind == "nn":
             step = max(1, int(3e7 // (fa.shape[-2] * fa.shape[-1]) ** 2))  # pairs per similarity block
             flow = torch.cat([self._nn_flow(fa[i : i + step], fb[i : i + step]) for i in range(0, n, step)])
+        elif kind == "affine":
+            flow = affine_flow(theta, *size)
         else:
             stride = self.side / fa.shape[-1]
             m = self._mine(fa, fb, 0xF17, c.geometric)
-            if kind == "affine":
-                theta, _ = ransac_affine(m.pos_a, m.pos_b, m.valid, c.tau * self.side, c.hypotheses,
-                                         torch.Generator().manual_seed(self.ctx.seed(0xAFF)))
-                flow = affine_flow(theta, *size)
-            else:
-                coarse = tps_flow(fit_tps(m.pos_a, m.pos_b, m.valid, self.side, c.tps_reg), *fa.shape[-2:], stride)
-                flow = fl.upsample_flow(coarse.float(), size)
+            coarse = tps_flow(fit_tps(m.pos_a, m.pos_b, m.valid, self.side, c.tps_reg), *fa.shape[-2:], stride)
+            flow = fl.upsample_flow(coarse.float(), size)
         return flow.float(), masks, flow_ba
 
     def _nn_flow(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:

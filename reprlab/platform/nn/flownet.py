@@ -26,6 +26,11 @@ to a residual flow, added to the soft-argmax flow, and one foreground logit. The
 at zero, so an untrained net outputs the soft-argmax flow and p = 0.5 everywhere. The same weights
 run B -> A, giving u_BA and B's foreground logits in the same batched call.
 
+With ``init_input=True`` the net refines a given starting flow instead (e.g. the pair's affine fit
+to its mined matches; the caller computes it): the residual is added to that flow, and the net
+sees it and the soft-argmax's difference from it in place of the soft-argmax displacement. An
+untrained net then outputs the starting flow exactly.
+
 L_flow's terms, one function each (pixels throughout; the method weighs them with w_s, w_f, w_m,
 w_a): :func:`charbonnier_match_loss` (mined matches), :func:`edge_aware_tv`,
 :func:`feature_consistency_loss`, :func:`mask_consistency_loss`, :func:`area_prior_loss`.
@@ -74,12 +79,13 @@ class SemanticFlowNet(nn.Module):
     """Descriptor maps of A and B (L2-normalized, N x dim x h x w) -> :class:`FlowOutput` at the
     maps' resolution (flows in pixels of an ``image_size`` image). Design in the module docstring."""
 
-    def __init__(self, dim: int, width: int = 64, topk: int = 8, temperature: float = 0.05) -> None:
+    def __init__(self, dim: int, width: int = 64, topk: int = 8, temperature: float = 0.05,
+                 init_input: bool = False) -> None:
         super().__init__()
-        self.topk = topk
+        self.topk, self.init_input = topk, init_input
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         layers: list[nn.Module] = []
-        c = 2 + topk + dim
+        c = (4 if init_input else 2) + topk + dim
         for d in (1, 2, 4, 1):
             layers += [nn.Conv2d(c, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
             c = width
@@ -96,21 +102,32 @@ class SemanticFlowNet(nn.Module):
         own = normalized_centers(ha, wa, corr.device, corr.dtype).T.reshape(1, 2, ha, wa)
         return target - own
 
-    def one_way(self, fa: torch.Tensor, fb: torch.Tensor, image_size: tuple[int, int]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flow A -> B (pixels) and A's foreground logits."""
+    def one_way(self, fa: torch.Tensor, fb: torch.Tensor, image_size: tuple[int, int],
+                init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow A -> B (pixels) and A's foreground logits; ``init`` (pixels, N x 2 x h x w, with
+        ``init_input``) is the flow the residual refines."""
         hb, wb = fb.shape[-2:]
         corr = correlation(fa, fb)
-        init = self.soft_argmax(corr, hb, wb)
+        soft = self.soft_argmax(corr, hb, wb)
         top = corr.topk(min(self.topk, hb * wb), dim=1).values
         if top.shape[1] < self.topk:
             top = F.pad(top, (0, 0, 0, 0, 0, self.topk - top.shape[1]))
-        y = self.out(self.body(torch.cat([init, top, fa], 1)))
-        return (init + y[:, :2]) * _to_pixels(image_size, y), y[:, 2:]
+        px = _to_pixels(image_size, soft)
+        if (init is not None) != self.init_input:
+            raise ValueError("SemanticFlowNet: a starting flow is needed exactly when the net was built with init_input")
+        if init is None:
+            base, cues = soft, [soft]
+        else:
+            base = init.to(soft.dtype) / px
+            cues = [base, soft - base]
+        y = self.out(self.body(torch.cat([*cues, top, fa], 1)))
+        return (base + y[:, :2]) * px, y[:, 2:]
 
-    def forward(self, fa: torch.Tensor, fb: torch.Tensor, image_size: tuple[int, int]) -> FlowOutput:
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor, image_size: tuple[int, int],
+                init_ab: torch.Tensor | None = None, init_ba: torch.Tensor | None = None) -> FlowOutput:
         n = len(fa)
-        flow, logit = self.one_way(torch.cat([fa, fb]), torch.cat([fb, fa]), image_size)
+        init = None if init_ab is None else torch.cat([init_ab, init_ba])
+        flow, logit = self.one_way(torch.cat([fa, fb]), torch.cat([fb, fa]), image_size, init)
         return FlowOutput(flow[:n], flow[n:], logit[:n], logit[n:])
 
 

@@ -217,6 +217,17 @@ def match_contrastive_loss(fa: torch.Tensor, fb: torch.Tensor, matches: Matches,
 # ---- parametric baselines -------------------------------------------------------------------------
 
 
+def invert_affine(theta: torch.Tensor) -> torch.Tensor:
+    """The inverse maps B -> A of affine maps theta (N x 2 x 3); a singular map gives the identity."""
+    lin, t = theta[:, :, :2].double(), theta[:, :, 2:].double()
+    ok = torch.linalg.det(lin).abs() > 1e-9
+    eye = torch.eye(2, dtype=lin.dtype, device=lin.device)
+    inv = torch.linalg.inv(torch.where(ok[:, None, None], lin, eye))
+    out = torch.cat([inv, -inv @ t], 2)
+    ident = torch.cat([eye, torch.zeros(2, 1, dtype=lin.dtype, device=lin.device)], 1)
+    return torch.where(ok[:, None, None], out, ident).to(theta.dtype)
+
+
 def affine_flow(theta: torch.Tensor, h: int, w: int, stride: float = 1.0) -> torch.Tensor:
     """Dense flow N x 2 x h x w of theta (N x 2 x 3, pixels) on an h x w grid of ``stride``-pixel
     cells: u(p) = theta(p) - p."""
