@@ -142,6 +142,10 @@ def test_the_flow_net_on_the_affine_fit_starts_at_the_affine_baseline_and_then_d
     assert affine.abs().amax() > 1.0, "the fit moves points (not the identity)"
     # every pixel, the borders included: the fit at full resolution plus a zero residual
     assert torch.allclose(untrained, affine, atol=1e-4), (untrained - affine).abs().amax()
+    tps = _method("method.flow=tps", "method.flow_epochs=0", "train.epochs=3")  # the other fit, same matches
+    tps_flow, _, _ = tps._flow_and_masks(pairs, fa, fb)
+    assert tps_flow.shape == affine.shape and torch.isfinite(tps_flow).all()
+    assert 0 < (tps_flow - affine).abs().mean() < affine.abs().mean(), "a TPS through the affine fit's inliers"
     _train(refine, [4])  # the flow epoch: the residual learns from the mined matches
     trained, _, _ = refine._flow_and_masks(pairs, fa, fb)
     assert (trained - affine).abs().amax() > 1e-3
@@ -204,6 +208,7 @@ def test_resume_does_not_re_mine_and_equals_the_uninterrupted_run(straight, tmp_
     (["method.head=resnet"], "method.head"),
     (["method.flow=optical"], "method.flow"),
     (["method.padding=reflect"], "method.padding"),
+    (["method.flow_init=tps"], "method.flow_init"),
     (["train.epochs=5"], "the phases (method.warmup_epochs + feature_epochs + flow_epochs) add up to 4 epochs"),
     (["data.image_size=32"], "synthcorr images are data.synthcorr.side=64 px"),
     (["data.name=glyphs"], "needs keypoints"),

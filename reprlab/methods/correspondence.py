@@ -585,10 +585,11 @@ class Correspondence(Method):
         when it did not train) and its flow B -> A at full resolution (for warp.png)."""
         c, size, n = self.cfg, (self.side, self.side), len(pairs)
         kind = "identity" if c.baseline == "identity" else ("nn" if c.baseline == "raw_pixels" else c.flow)
-        masks = flow_ba = theta = None
+        masks = flow_ba = theta = m = None
         refines = self.flow_net is not None and c.flow_init == "affine"  # the flow net refines the affine fit
-        if kind == "affine" or refines:
+        if kind in ("affine", "tps") or refines:  # matches mined on the pairs, once
             m = self._mine(fa, fb, 0xF17, c.geometric)
+        if kind == "affine" or refines:
             theta, _ = ransac_affine(m.pos_a, m.pos_b, m.valid, c.tau * self.side, c.hypotheses,
                                      torch.Generator().manual_seed(self.ctx.seed(0xAFF)))
         if self.flow_net is not None:
@@ -620,7 +621,6 @@ class Correspondence(Method):
             flow = affine_flow(theta, *size)
         else:
             stride = self.side / fa.shape[-1]
-            m = self._mine(fa, fb, 0xF17, c.geometric)
             coarse = tps_flow(fit_tps(m.pos_a, m.pos_b, m.valid, self.side, c.tps_reg), *fa.shape[-2:], stride)
             flow = fl.upsample_flow(coarse.float(), size)
         return flow.float(), masks, flow_ba
