@@ -419,6 +419,12 @@ def test_collapse_rule():
     assert health["status"] == "collapsed" and "30.0" in health["status_reason"] and "1.0" in health["status_reason"]
     rows[1]["test/nmi"] = float("nan")
     assert run_health(rows, cfg)["status"] == "diverged"
+    # a metric the run never computes (NaN before training too) is not a divergence
+    rows[1]["test/recall@1"], rows[1]["test/nmi"] = 0.29, 0.5
+    rows[0]["val/ssim/expert_a"] = rows[1]["val/ssim/expert_a"] = float("nan")
+    assert run_health(rows, cfg)["status"] == "completed"
+    rows[1]["test/nmi"] = float("inf")
+    assert run_health(rows, cfg)["status"] == "diverged"
 
 
 def test_collapsed_run_exits_3_with_one_line(run, capsys, monkeypatch):
