@@ -116,6 +116,8 @@ def test_it_learns_beyond_its_start_and_the_uncorrected_input(tmp_path):
     identity = run_training(load_config("exposure/exposure_photos", TINY + ["method.model=identity", "train.epochs=1"]),
                             tmp_path / "identity")
     assert summary["test"]["psnr"] > summary["initial"]["psnr"] + 3
+    # the preset scores SSIM against Expert C only: the other experts' SSIM is NaN by design, not a divergence
+    assert summary["status"] == "completed", summary["status_reason"]
     assert summary["test"]["psnr/ev_P1.5"] > identity["test"]["psnr/ev_P1.5"]
 
 
