@@ -80,17 +80,19 @@ def test_batches_have_no_ground_truth_fields():
         assert names <= {"images", "img_a", "img_b", "category", "matches"}, names
 
 
-def test_train_steps_never_read_the_dense_ground_truth(monkeypatch):
+@pytest.mark.parametrize("flow_init", ["soft_argmax", "affine"])  # the preset refines the affine fit
+def test_train_steps_never_read_the_dense_ground_truth(monkeypatch, flow_init):
     """Every phase's steps give the same losses with all dense ground truth poisoned and the
     ground-truth draw disabled (mining reads only descriptors; the diagnostic's GT is outside)."""
-    clean = _train(_method(), range(1, 5))
+    clean = _train(_method(f"method.flow_init={flow_init}"), range(1, 5))
     from reprlab.platform.data.sets import synthcorr
 
     def refuse(*args, **kwargs):
         raise AssertionError("training drew pairs with ground truth")
 
     monkeypatch.setattr(synthcorr, "draw_pair_truth", refuse)
-    method = _method()
+    method = _method(f"method.flow_init={flow_init}")
+    assert method.cfg.flow_init == flow_init
     method.ctx = dataclasses.replace(method.ctx, data=_poisoned(method.ctx.data))
     poisoned = _train(method, range(1, 5))
     assert [log["loss"] for log in poisoned] == [log["loss"] for log in clean]
