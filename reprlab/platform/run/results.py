@@ -114,9 +114,11 @@ def make_summary(rows: list[dict[str, Any]], config: dict[str, Any], selection_m
 
 def run_health(rows: list[dict[str, Any]], cfg) -> dict[str, str]:
     """``status`` of a finished run and why: ``diverged`` when the last evaluated epoch has a
-    non-finite metric that was finite (or absent) at the first evaluated epoch, ``collapsed`` when its test headline metric (R@1 for metric learning; only
-    metrics that are maximized) fell below half of the untrained epoch 0's (an embedding that lost
-    its spread retrieves at chance), else ``completed``. The CLI exits with status 3 on the first
+    non-finite metric that was not already non-finite before training (epoch 0: a metric the run
+    does not compute, such as SSIM against experts a split has not got), ``collapsed`` when its
+    test headline metric (R@1 for metric learning; only metrics that are maximized) fell below
+    half of the untrained epoch 0's (an embedding that lost its spread retrieves at chance), else
+    ``completed``. The CLI exits with status 3 on the first
     two, after printing the summary."""
     from reprlab.platform.core.registry import METHODS
 
@@ -129,9 +131,8 @@ def run_health(rows: list[dict[str, Any]], cfg) -> dict[str, str]:
     def finite(v: Any) -> bool:
         return not isinstance(v, float) or math.isfinite(v)
 
-    # a metric already non-finite before training (epoch 0) is one the run does not compute (e.g.
-    # SSIM against experts a split has not got), not a divergence
-    undefined = {k for k, v in evaluated[0].items() if evaluated[0] is not last and not finite(v)}
+    untrained = rows[0] if rows[0].get("epoch") == 0 else {}
+    undefined = {k for k, v in untrained.items() if not finite(v)}
     bad = [k for k, v in last.items() if "/" in k and k.split("/")[0] in ("train", "val", "test")
            and not finite(v) and k not in undefined]
     if bad:
