@@ -196,7 +196,7 @@ def _gated_judge(c: StyleTransferConfig, cfg: ExperimentConfig) -> Path:
         value = test.get(key)
         if value is None or not value >= gate:
             raise ConfigError(f"config: method.judge: {run}: test {key} {value} is below the gate {gate} "
-                              f"(method.judge_gates); train the judge longer (artist a stayed below 0.9 even at 60 epochs: "
+                              f"(method.judge_gates; artist a's alteration stayed below 0.9 with every judge tried, "
                               f"docs/BENCHMARKS.md (n))")
     return run
 
