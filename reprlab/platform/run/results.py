@@ -118,8 +118,7 @@ def run_health(rows: list[dict[str, Any]], cfg) -> dict[str, str]:
     does not compute, such as SSIM against experts a split has not got), ``collapsed`` when its
     test headline metric (R@1 for metric learning; only metrics that are maximized) fell below
     half of the untrained epoch 0's (an embedding that lost its spread retrieves at chance), else
-    ``completed``. The CLI exits with status 3 on the first
-    two, after printing the summary."""
+    ``completed``. The CLI exits with status 3 on the first two, after printing the summary."""
     from reprlab.platform.core.registry import METHODS
 
     method = METHODS.get(cfg.method.name)
