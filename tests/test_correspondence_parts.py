@@ -31,6 +31,7 @@ from reprlab.platform.nn.flownet import (
     SemanticFlowNet,
     area_prior_loss,
     charbonnier_match_loss,
+    contrast_loss,
     correlation,
     edge_aware_tv,
     feature_consistency_loss,
@@ -452,6 +453,25 @@ def test_flow_losses_by_hand():
     assert mask_consistency_loss(la, lb, torch.zeros_like(flow), size).item() == pytest.approx(math.log(2), abs=1e-6)
     logit = torch.tensor([0.0, 0.0, 50.0, -50.0]).view(1, 1, 2, 2)
     assert area_prior_loss(logit, 0.3).item() == pytest.approx((0.5 - 0.3) ** 2, abs=1e-6)
+
+
+def test_contrast_targets_the_cells_least_like_the_other_image():
+    # A: 4 of 16 cells show the object (e1), the rest background (e0); B is 3/4 background. The
+    # target is the prior's fraction of A's cells least similar to B's mean descriptor: the object.
+    e0, e1 = torch.eye(2)[0], torch.eye(2)[1]
+    obj = torch.zeros(4, 4, dtype=torch.bool)
+    obj[1:3, 1:3] = True
+    fa = torch.where(obj[None], e1[:, None, None], e0[:, None, None])[None]
+    fb = torch.cat([e0.expand(12, 2), e1.expand(4, 2)]).T.reshape(1, 2, 4, 4)
+    right = torch.where(obj, 50.0, -50.0)[None, None]
+    assert contrast_loss(fa, fb, right, 0.25).item() == pytest.approx(0.0, abs=1e-6)
+    assert contrast_loss(fa, fb, -right, 0.25).item() == pytest.approx(50.0, rel=1e-4)  # 100 % wrong at |logit| 50
+    # 0.5 everywhere: BCE log 2 whatever the target; the gradient raises the object's logits only
+    logit = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    loss = contrast_loss(fa, fb, logit, 0.25)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    loss.backward()
+    assert (logit.grad[0, 0][obj] < 0).all() and (logit.grad[0, 0][~obj] > 0).all()
 
 
 # ---- metrics ----------------------------------------------------------------------------------------

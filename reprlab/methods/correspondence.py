@@ -18,6 +18,8 @@ category.
           L_flow = Charbonnier(p + u(p) - q) on mined matches + w_s edge-aware TV(u)
                  + w_f (1 - cos(f_A(p), f_B(p + u(p)))) on predicted foreground
                  + w_m BCE(mask_A(p), mask_B(p + u(p))) + w_a (mean(mask) - prior)^2
+                 + w_c BCE(mask_A(p), [p among the prior's fraction of A's cells least like
+                   mean_q f_B(q)])        (the figure-ground contrast: ours, not the spec's)
 
 Ground truth never enters ``train_step``: its batches (:class:`ImageBatch`, :class:`PairBatch`)
 hold images, the category and the mined matches. Every loss is computed on the gathered global
@@ -114,6 +116,8 @@ class CorrespondenceConfig(MethodConfig):
     w_f: float = Field(1.0, ge=0, description="feature consistency on predicted foreground")
     w_m: float = Field(0.1, ge=0, description="mask consistency")
     w_a: float = Field(1.0, ge=0, description="area prior")
+    w_c: float = Field(0.0, ge=0, description="figure-ground contrast (ours): the mask on cells unlike most of the "
+                       "other image")
     area_prior: float = Field(0.3, gt=0, lt=1, description="expected foreground fraction")
     tps_reg: float = Field(0.01, ge=0, description="TPS smoothing of the tps baseline")
     # evaluation
@@ -527,9 +531,11 @@ class Correspondence(Method):
                                                    torch.sigmoid(logit_src), size),
             "mask": fl.mask_consistency_loss(logit_src, logit_dst, flow, size),
             "area": fl.area_prior_loss(logit_src, c.area_prior),
+            "contrast": fl.contrast_loss(torch.cat([fa, fb]).detach(), torch.cat([fb, fa]).detach(),
+                                         logit_src, c.area_prior),
         }
         loss = (terms["charbonnier"] + c.w_s * terms["tv"] + c.w_f * terms["feature"] + c.w_m * terms["mask"]
-                + c.w_a * terms["area"])
+                + c.w_a * terms["area"] + c.w_c * terms["contrast"])
         self.opt_flow.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_flow.step()

@@ -33,7 +33,9 @@ untrained net then outputs the starting flow exactly.
 
 L_flow's terms, one function each (pixels throughout; the method weighs them with w_s, w_f, w_m,
 w_a): :func:`charbonnier_match_loss` (mined matches), :func:`edge_aware_tv`,
-:func:`feature_consistency_loss`, :func:`mask_consistency_loss`, :func:`area_prior_loss`.
+:func:`feature_consistency_loss`, :func:`mask_consistency_loss`, :func:`area_prior_loss`, and one
+term that is ours, not the spec's: :func:`contrast_loss` (w_c; the spec's terms alone
+left the masks empty on synthcorr, docs/BENCHMARKS.md (o2)).
 """
 
 from __future__ import annotations
@@ -228,6 +230,18 @@ def mask_consistency_loss(logit_a: torch.Tensor, logit_b: torch.Tensor, flow: to
     """BCE(mask_A(p), mask_B(p + u(p))): A's logits against B's foreground probability pulled back
     by the flow (0 outside B: outside the image is background), gradients into both."""
     target = warp(torch.sigmoid(logit_b), flow, image_size)
+    return F.binary_cross_entropy_with_logits(logit_a, target)
+
+
+def contrast_loss(fa: torch.Tensor, fb: torch.Tensor, logit_a: torch.Tensor, prior: float) -> torch.Tensor:
+    """Figure-ground contrast (**[design]**, ours): BCE of A's foreground logits (N x 1 x h x w)
+    against the cells whose mean similarity to B, <f_A(p), mean_q f_B(q)>, is among the lowest
+    ``prior`` fraction of A's cells. B is mostly background, so those are the cells unlike most of
+    B: the object. Descriptors are taken as given (the caller detaches them)."""
+    s = (fa * fb.mean((2, 3), keepdim=True)).sum(1).flatten(1)  # N x hw
+    k = max(1, round(prior * s.shape[1]))
+    cut = s.kthvalue(k, dim=1, keepdim=True).values
+    target = (s <= cut).to(logit_a.dtype).view_as(logit_a)
     return F.binary_cross_entropy_with_logits(logit_a, target)
 
 
