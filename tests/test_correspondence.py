@@ -153,6 +153,21 @@ def test_the_flow_net_on_the_affine_fit_starts_at_the_affine_baseline_and_then_d
     assert (trained - affine).abs().amax() > 1e-3
 
 
+def test_the_figure_ground_contrast_enters_the_flow_loss_with_its_weight():
+    """w_c (ours, not the spec's) adds w_c x the contrast BCE to L_flow and nothing else: the same
+    run with w_c 0 and 2.5 has the same terms at its first flow step and losses 2.5 x that term apart."""
+    logs = {}
+    for w in (0.0, 2.5):
+        method = _method(f"method.w_c={w}")
+        _train(method, range(1, 4))
+        method.on_epoch_start(4)
+        logs[w] = method.train_step(next(iter(method.batches(4))))
+    terms = [k for k in logs[0.0] if k.startswith("flow_")]
+    assert "flow_contrast" in terms and logs[0.0]["flow_contrast"] > 0.1
+    assert all(logs[0.0][k] == pytest.approx(logs[2.5][k], rel=1e-5) for k in terms)
+    assert logs[2.5]["loss"] - logs[0.0]["loss"] == pytest.approx(2.5 * logs[0.0]["flow_contrast"], rel=1e-4)
+
+
 def test_mining_happens_only_at_re_mining_epochs(monkeypatch):
     calls = []
     original = corr.Correspondence.mine
