@@ -32,10 +32,10 @@ sees it and the soft-argmax's difference from it in place of the soft-argmax dis
 untrained net then outputs the starting flow exactly.
 
 L_flow's terms, one function each (pixels throughout; the method weighs them with w_s, w_f, w_m,
-w_a): :func:`charbonnier_match_loss` (mined matches), :func:`edge_aware_tv`,
+w_a, w_c): :func:`charbonnier_match_loss` (mined matches), :func:`edge_aware_tv`,
 :func:`feature_consistency_loss`, :func:`mask_consistency_loss`, :func:`area_prior_loss`, and one
-term that is ours, not the spec's: :func:`contrast_loss` (w_c; the spec's terms alone
-left the masks empty on synthcorr, docs/BENCHMARKS.md (o2)).
+term that is ours, not the spec's: :func:`contrast_loss` (the spec's terms alone left the masks
+empty on synthcorr; docs/BENCHMARKS.md (o2), (o3)).
 """
 
 from __future__ import annotations
